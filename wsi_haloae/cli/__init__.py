@@ -1,0 +1,46 @@
+"""The `wsi-haloae` command line: the only place that knows about click, printing and exit codes.
+
+Each command lives in its own module here and calls one library function; heavy imports (torch,
+zarr, dask) happen inside the command, so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..errors import WsiHaloaeError
+from . import bench, demo, evaluate, heatmap, slides, tile, train
+
+
+class _Group(click.Group):
+    """Turns user-facing errors into one stderr line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except WsiHaloaeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="wsi-haloae")
+def main(verbose: int, quiet: bool) -> None:
+    """Find abnormal regions of whole-slide images with HaloAE, without annotations."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("distributed", "PIL", "matplotlib", "asyncio", "numcodecs", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+for _module in (slides, tile, train, heatmap, evaluate, bench, demo):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

@@ -1,0 +1,3 @@
+"""Commands of this module are added as their issues land."""
+
+COMMANDS: list = []
