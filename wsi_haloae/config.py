@@ -53,6 +53,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-5
     weighting: Literal["ews", "equal", "kendall"] = "ews"
+    # The EWS schedule is defined over the paper's 250 epochs; our epoch e sits at paper epoch
+    # e * ews_epochs / epochs, so a short run still passes through the whole schedule.
+    ews_epochs: int = 250
     loss_cls: bool = True
     loss_fm: bool = True
     loss_im: bool = True
@@ -65,6 +68,38 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     channels_last: bool = True  # CUDA only
     score_percentile: float = 99.0  # default heatmap threshold: this percentile of training scores
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    """How `heatmap` scores a slide with a trained model (the tile size is the model's own).
+
+    Resolution: `mpp_um` (µm/px of the tiles, default 0.5) or a pyramid `level`, not both;
+    `assume_mpp_um` stands in for a slide's missing mpp. `stride_px` below the tile size overlaps
+    tiles (blended without seams); tile size and stride must be multiples of 4. `batch_size` None
+    picks one that fits the device; `workers` None uses a tile reader process per spare core on
+    CUDA and none on the CPU, where the model needs every core (0 reads in this process). The
+    threshold is `threshold` if given, else the `threshold_percentile` (default: the model's
+    `score_percentile`) of the training scores stored with the model.
+    """
+
+    mpp_um: float | None = None
+    level: int | None = None
+    assume_mpp_um: float | None = None
+    stride_px: int | None = None
+    min_tissue: float = 0.5
+    thumbnail_px: int = 2048  # long side of the thumbnail for the tissue mask and the overlay
+    batch_size: int | None = None
+    workers: int | None = None
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    backend: Literal["openslide", "tiffslide"] = "openslide"
+    compile: bool = False  # torch.compile the model (CUDA; pays off on large slides)
+    bf16: bool = True  # autocast on CUDA only
+    threshold: float | None = None
+    threshold_percentile: float | None = None
+    min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
+    simplify_px: float = 1.0  # outline simplification tolerance, heatmap px
+    chunk_px: int = 512  # OME-Zarr chunk side; also the band height of streaming writes
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:

@@ -1,3 +1,177 @@
-"""Commands of this module are added as their issues land."""
+"""`wsi-haloae heatmap`: anomaly heatmaps of slides (calls `wsi_haloae.heatmap.heatmap_slides`)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+
+@click.command("heatmap")
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "run",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Training run folder (with model.safetensors) or the model file itself.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder; each slide gets OUT/<slide name>/.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HeatmapConfig YAML (e.g. configs/heatmap.yaml); options below override it.",
+)
+@click.option("--mpp", "mpp_um", type=float, help="Tile resolution in µm/px (default 0.5).")
+@click.option("--level", type=int, help="Tile at this pyramid level instead of a target mpp.")
+@click.option("--assume-mpp", "assume_mpp_um", type=float, help="µm/px of slides whose file does not say.")
+@click.option(
+    "--stride", "stride_px", type=int, help="Tile stride in px (default: the tile size; less overlaps)."
+)
+@click.option("--min-tissue", type=float, help="Minimum tissue fraction of a scored tile (default 0.5).")
+@click.option("--batch-size", type=int, help="Tiles per batch (default: chosen to fit the device).")
+@click.option(
+    "--workers", type=int, help="Tile reader processes (default: all cores but two on CUDA, 0 on the CPU)."
+)
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option(
+    "--backend", type=click.Choice(["openslide", "tiffslide"]), help="Slide reader (default openslide)."
+)
+@click.option(
+    "--compile/--no-compile", "compile_model", default=None, help="torch.compile the model (default: no)."
+)
+@click.option("--no-bf16", is_flag=True, help="Run in float32 on CUDA too.")
+@click.option(
+    "--threshold",
+    type=float,
+    help="Anomaly threshold (default: the model's high percentile of its training tile scores).",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def heatmap_command(
+    slides: tuple[Path, ...],
+    run: Path,
+    out: Path,
+    config_path: Path | None,
+    mpp_um: float | None,
+    level: int | None,
+    assume_mpp_um: float | None,
+    stride_px: int | None,
+    min_tissue: float | None,
+    batch_size: int | None,
+    workers: int | None,
+    device: str | None,
+    backend: str | None,
+    compile_model: bool | None,
+    no_bf16: bool,
+    threshold: float | None,
+    progress: bool,
+) -> None:
+    """Score SLIDES with a trained model: heatmap pyramid, QuPath GeoJSON, overlay, summary."""
+    from ..config import HeatmapConfig, load_config, replace
+    from ..heatmap import heatmap_slides
+
+    cfg = load_config(config_path, HeatmapConfig) if config_path is not None else HeatmapConfig()
+    if level is not None and mpp_um is None:  # a level on the command line replaces the preset's mpp
+        cfg = dataclasses.replace(cfg, mpp_um=None)
+    elif mpp_um is not None and level is None:
+        cfg = dataclasses.replace(cfg, level=None)
+    cfg = replace(
+        cfg,
+        mpp_um=mpp_um,
+        level=level,
+        assume_mpp_um=assume_mpp_um,
+        stride_px=stride_px,
+        min_tissue=min_tissue,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        backend=backend,
+        compile=compile_model,
+        threshold=threshold,
+        bf16=False if no_bf16 else None,
+    )
+    for result in heatmap_slides(slides, run, out, cfg, progress=progress):
+        click.echo(
+            f"{result.slide.name}: {result.tiles} tiles, {result.anomalous_tiles} above "
+            f"{result.threshold:.4g}, {result.regions} regions -> {result.out_dir} "
+            f"({result.computed_tiles} scored now, {result.seconds:.1f} s)"
+        )
+
+
+COMMANDS: list[click.Command] = [heatmap_command]
+
+
+@click.command("heatmap")
+@click.option("--size", default="8192x8192", show_default=True, help="Synthetic slide size, WIDTHxHEIGHT px.")
+@click.option(
+    "--slide",
+    "slide_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Time this slide instead of writing a synthetic one (e.g. one kept from an earlier run).",
+)
+@click.option("--model", "run", type=click.Path(path_type=Path), help="Trained run folder to time.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TrainConfig YAML of an untrained model to time instead (e.g. configs/haloae-paper.yaml).",
+)
+@click.option("--backbone-weights", help="With --config: VGG19 weights (random avoids a download).")
+@click.option("--batch-size", type=int, help="Tiles per batch (default: chosen to fit the device).")
+@click.option(
+    "--workers", type=int, help="Tile reader processes (default: all cores but two on CUDA, 0 on the CPU)."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
+@click.option("--no-bf16", is_flag=True, help="Run in float32 on CUDA too.")
+@click.option(
+    "--baseline-tiles", type=int, default=64, show_default=True, help="Tiles for the batch-1 fp32 baseline."
+)
+def bench_heatmap_command(
+    size: str,
+    slide_path: Path | None,
+    run: Path | None,
+    config_path: Path | None,
+    backbone_weights: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    device: str,
+    compile_model: bool,
+    no_bf16: bool,
+    baseline_tiles: int,
+) -> None:
+    """Tiles/s of `heatmap` end to end and per stage on a synthetic slide, against batch-1 fp32."""
+    from ..config import TrainConfig, load_config, replace
+    from ..errors import ConfigError
+    from ..heatmap import benchmark_heatmap, format_heatmap_bench
+    from .bench import parse_size
+
+    config = None
+    if config_path is not None:
+        config = load_config(config_path, TrainConfig)
+        if backbone_weights is not None:
+            config = dataclasses.replace(
+                config, model=replace(config.model, backbone_weights=backbone_weights)
+            )
+    elif backbone_weights is not None:
+        raise ConfigError("--backbone-weights applies to --config only; a trained model carries its own")
+    bench = benchmark_heatmap(
+        slide_path,
+        size_px=parse_size(size),
+        run=run,
+        config=config,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        compile=compile_model,
+        bf16=not no_bf16,
+        baseline_tiles=baseline_tiles,
+    )
+    click.echo(format_heatmap_bench(bench))

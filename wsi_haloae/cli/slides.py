@@ -1,3 +1,95 @@
-"""Commands of this module are added as their issues land."""
+"""`wsi-haloae make-slide` and `wsi-haloae info`: write a synthetic slide, describe any slide
+(call `wsi_haloae.synthetic` and `wsi_haloae.slide`)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .bench import parse_size
+
+
+@click.command("make-slide")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--size", required=True, help="Level-0 WIDTHxHEIGHT in px, e.g. 20000x20000.")
+@click.option("--mpp", "mpp_um", type=float, default=0.5, show_default=True, help="µm/px stored in the file.")
+@click.option("--anomalies", type=int, default=0, show_default=True, help="Anomalies to plant in the tissue.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the layout and textures.")
+@click.option(
+    "--tissue",
+    type=click.Choice(["blobs", "full"]),
+    default="blobs",
+    show_default=True,
+    help="Tissue blobs on a white background, or tissue everywhere.",
+)
+@click.option(
+    "--ground-truth",
+    "ground_truth_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the anomaly mask PNG (1/16 scale) and GeoJSON here.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def make_slide(
+    out: Path,
+    size: str,
+    mpp_um: float,
+    anomalies: int,
+    seed: int,
+    tissue: str,
+    ground_truth_dir: Path | None,
+    progress: bool,
+) -> None:
+    """Write a synthetic pyramidal slide (tiled JPEG BigTIFF) with planted anomalies to OUT."""
+    from ..synthetic import write_ground_truth, write_synthetic_slide
+
+    width_px, height_px = parse_size(size)
+    slide = write_synthetic_slide(
+        out,
+        width_px,
+        height_px,
+        mpp_um=mpp_um,
+        anomalies=anomalies,
+        seed=seed,
+        tissue=tissue,  # type: ignore[arg-type]
+        progress=progress,
+    )
+    kinds = ", ".join(a.kind for a in slide.anomalies) or "none"
+    tissue_percent = 100 * slide.tissue.area / (width_px * height_px)
+    click.echo(
+        f"{slide.path}: {width_px}x{height_px} px at {mpp_um:g} µm/px, tissue {tissue_percent:.0f}%, "
+        f"anomalies: {kinds}"
+    )
+    if ground_truth_dir is not None:
+        mask_path, geojson_path = write_ground_truth(slide, ground_truth_dir)
+        click.echo(f"ground truth: {mask_path}, {geojson_path}")
+
+
+@click.command("info")
+@click.argument("slide_path", metavar="SLIDE", type=click.Path(path_type=Path))
+@click.option(
+    "--backend", type=click.Choice(["openslide", "tiffslide"]), default="openslide", show_default=True
+)
+def info(slide_path: Path, backend: str) -> None:
+    """Print a slide's size, pyramid levels, µm/px, objective power and vendor."""
+    from ..slide import open_slide
+
+    with open_slide(slide_path, backend=backend) as slide:  # type: ignore[arg-type]
+        width, height = slide.dimensions
+        mpp = (
+            "none in the file" if slide.mpp_um is None else f"{slide.mpp_um[0]:g} x {slide.mpp_um[1]:g} µm/px"
+        )
+        power = "unknown" if slide.objective_power is None else f"{slide.objective_power:g}x"
+        click.echo(f"slide: {slide.path}")
+        click.echo(f"vendor: {slide.vendor or 'unknown'} (read with {slide.backend})")
+        click.echo(f"dimensions: {width} x {height} px")
+        click.echo(f"mpp: {mpp}")
+        click.echo(f"objective power: {power}")
+        click.echo(f"levels: {slide.level_count}")
+        for level, ((w, h), downsample) in enumerate(
+            zip(slide.level_dimensions, slide.level_downsamples, strict=True)
+        ):
+            click.echo(f"  level {level}: {w} x {h} px, downsample {downsample:g}")
+
+
+COMMANDS: list[click.Command] = [make_slide, info]

@@ -1,3 +1,57 @@
-"""Commands of this module are added as their issues land."""
+"""`wsi-haloae train`: train HaloAE on tiles into a run folder (calls `wsi_haloae.train.train`)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+
+@click.command("train")
+@click.option(
+    "--tiles", required=True, type=click.Path(path_type=Path),
+    help="Tile folder (from `wsi-haloae tile`, or any PNG/JPEG folder), a tile manifest CSV, "
+    "or an MVTec-AD category folder (its train/good).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder to write."
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="TrainConfig YAML (default: the paper's recipe; with --resume: the run's config.yaml).",
+)
+@click.option("--epochs", type=int, help="Override the number of epochs.")
+@click.option(
+    "--backbone-weights", help="VGG19 weights: imagenet (default), random (tests only) or a .pth path."
+)
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--workers", type=int, help="DataLoader worker processes (0 = load in this process).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def train_command(
+    tiles: Path,
+    out: Path,
+    config_path: Path | None,
+    epochs: int | None,
+    backbone_weights: str | None,
+    device: str | None,
+    workers: int | None,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """Train HaloAE on normal tiles; writes RUN/model.safetensors, metrics and checkpoints."""
+    from ..config import TrainConfig, load_config, replace
+    from ..train import train
+
+    if config_path is None and resume and (out / "config.yaml").is_file():
+        config_path = out / "config.yaml"
+    cfg = load_config(config_path, TrainConfig) if config_path is not None else TrainConfig()
+    cfg = replace(cfg, epochs=epochs, device=device, workers=workers)
+    if backbone_weights is not None:
+        cfg = dataclasses.replace(cfg, model=replace(cfg.model, backbone_weights=backbone_weights))
+    run = train(cfg, tiles, out, resume=resume, progress=progress)
+    click.echo(f"trained model: {run / 'model.safetensors'}")
+
+
+COMMANDS: list[click.Command] = [train_command]

@@ -1,0 +1,42 @@
+"""From a feature map and its reconstruction to anomaly maps and image scores (pure functions).
+
+`model-spec.md`, "Inference and post-processing": the per-pixel squared error of fm_hat against
+fm (mean over channels), bilinearly upsampled to the image, optionally made relative to the mean
+map of normal training images (|A - mean_map|), then smoothed by OpenCV's fixed 3x3 Gaussian.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# cv2.getGaussianKernel(3, sigma <= 0) = [1, 2, 1] / 4, applied along rows and columns
+_GAUSS_1D = (0.25, 0.5, 0.25)
+
+
+def feature_error(fm: Tensor, fm_hat: Tensor) -> Tensor:
+    """(N, C, F, F) twice -> (N, F, F): squared L2 distance per pixel, averaged over channels."""
+    return (fm - fm_hat).square().mean(dim=1)
+
+
+def anomaly_map(error: Tensor, size_px: int, mean_map: Tensor | None = None) -> Tensor:
+    """(N, F, F) feature error -> (N, S, S) anomaly map, S = `size_px`, same pixel frame as the tile.
+
+    Bilinear upsampling (half-pixel centres, like OpenCV's resize and PyTorch's
+    align_corners=False); with `mean_map` (S, S), the absolute difference |A - mean_map|; then
+    the 3x3 [1, 2, 1]/4 Gaussian with OpenCV's default border (reflect-101: ...c b | a b c...).
+    """
+    maps = F.interpolate(error[:, None], size=(size_px, size_px), mode="bilinear", align_corners=False)
+    if mean_map is not None:
+        maps = (maps - mean_map.to(device=maps.device, dtype=maps.dtype)).abs()
+    kernel_1d = torch.tensor(_GAUSS_1D, device=maps.device, dtype=maps.dtype)
+    kernel = torch.outer(kernel_1d, kernel_1d)[None, None]  # (1, 1, 3, 3)
+    # PyTorch's "reflect" padding leaves the edge pixel out, which is OpenCV's reflect-101
+    return F.conv2d(F.pad(maps, (1, 1, 1, 1), mode="reflect"), kernel)[:, 0]
+
+
+def image_scores(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, S, S) anomaly maps -> ((N,) mean, (N,) max) of each map."""
+    flat = maps.flatten(1)
+    return flat.mean(dim=1), flat.amax(dim=1)

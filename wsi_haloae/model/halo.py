@@ -1,0 +1,165 @@
+"""Halo attention (Vaswani et al., "Scaling Local Self-Attention", 2021), as HaloAE's block C uses it.
+
+The feature map is cut into non-overlapping block x block query blocks; every query pixel of a
+block attends to the (block + 2 halo)^2 window around its block. Windows reaching past the map
+border are zero-padded and the padding is masked out: a query never puts weight on a position
+outside the map (`model-spec.md`, "Halo attention").
+
+`attention="uniform"` reproduces, as an explicit ablation, the official HaloAE layer, which fills
+its mask on the *valid* positions instead: every interior block then averages its window
+uniformly (1 / window^2 on each key), and blocks touching the border put all their weight on the
+zero padding, whose values are zero.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AttentionMode = Literal["masked", "uniform"]
+
+
+class HaloAttention(nn.Module):
+    """Multi-head halo self-attention with learned relative positions.
+
+    Shapes: input (N, dim, H, W) -> output (N, dim, H, W); H and W must be multiples of
+    `block_size`. Inside, queries, keys and values have `heads` x `dim_head` channels (1x1
+    projections without bias, so a zero-padded pixel has zero key and value); the output is a 1x1
+    projection back to `dim` channels, with bias.
+
+    For a query at map pixel (y, x) and a key at (y', x') of its window, the logit is
+    (q . k + q . (R_row[y' - y] + R_col[x' - x])) / sqrt(dim_head), where R_row and R_col are
+    learned tables of 2 window - 1 vectors of size dim_head (window = block + 2 halo), indexed by
+    the key-minus-query offset. (The official port indexes them by the key's window row minus the
+    query's block row, a constant shift of `halo_size`: the same model with the table shifted.)
+    Logits of padded positions are -inf before the softmax ("masked") or, in the official
+    behaviour ("uniform"), the valid ones are replaced by the most negative float.
+
+    The fast path hands the relative-position logits and the padding mask to
+    `F.scaled_dot_product_attention` as one additive bias; `attention_weights` computes the same
+    softmax explicitly, for inspection and for the "uniform" ablation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        block_size: int,
+        halo_size: int,
+        attention: AttentionMode = "masked",
+    ) -> None:
+        super().__init__()
+        if attention not in ("masked", "uniform"):
+            raise ValueError(f"attention must be 'masked' or 'uniform', not {attention!r}")
+        self.heads = heads
+        self.dim_head = dim_head
+        self.block_size = block_size
+        self.halo_size = halo_size
+        self.window = block_size + 2 * halo_size
+        self.attention = attention
+        inner = heads * dim_head
+        self.to_q = nn.Conv2d(dim, inner, 1, bias=False)
+        self.to_kv = nn.Conv2d(dim, 2 * inner, 1, bias=False)
+        self.to_out = nn.Conv2d(inner, dim, 1)
+        self.rel_row = nn.Parameter(torch.randn(2 * self.window - 1, dim_head) * dim_head**-0.5)
+        self.rel_col = nn.Parameter(torch.randn(2 * self.window - 1, dim_head) * dim_head**-0.5)
+        # rel_index[i, j]: table row for a query at block row i and a key at window row j
+        # (key - query offset j - halo - i, shifted to start at 0).
+        offsets = torch.arange(self.window)[None, :] - halo_size - torch.arange(block_size)[:, None]
+        self.register_buffer("rel_index", offsets + self.window - 1, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, dim, H, W) -> (N, dim, H, W)."""
+        n, _, height, width = x.shape
+        q, k, v, bias, valid = self._project(x)
+        if self.attention == "masked":
+            # -inf on padding (in place: the bias is a fresh tensor); every query keeps its own
+            # block's keys, so no row is all -inf
+            bias.masked_fill_(~valid, float("-inf"))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        else:
+            out = (self._weights(q, k, bias, valid) @ v.float()).to(v.dtype)
+        return self.to_out(self._merge_blocks(out, n, height, width))
+
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """The softmax weights the layer applies, float32.
+
+        Shape (N, blocks, heads, block^2, window^2): blocks in row-major order over the map,
+        queries row-major inside their block, keys row-major inside the window (padding
+        included, where "masked" puts exactly zero weight).
+        """
+        n = x.shape[0]
+        q, k, _, bias, valid = self._project(x)
+        weights = self._weights(q, k, bias, valid)
+        return weights.unflatten(0, (n, -1))
+
+    def _weights(self, q: Tensor, k: Tensor, bias: Tensor, valid: Tensor) -> Tensor:
+        logits = (q.float() @ k.float().transpose(-1, -2)) * self.dim_head**-0.5 + bias.float()
+        if self.attention == "masked":
+            logits = logits.masked_fill(~valid, float("-inf"))
+        else:
+            # The official layer's inverted mask: valid keys get the most negative float, so an
+            # all-valid row is uniform and a border row keeps only its padded keys.
+            logits = logits.masked_fill(valid, -torch.finfo(torch.float32).max)
+        return logits.softmax(dim=-1)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Queries, keys, values, relative-position bias and the valid-key mask, per block.
+
+        q (B, heads, block^2, dim_head), k and v (B, heads, window^2, dim_head), bias
+        (B, heads, block^2, window^2) and valid (B, 1, 1, window^2) bool, with B = N x blocks.
+        """
+        n, _, height, width = x.shape
+        b, h, win = self.block_size, self.halo_size, self.window
+        assert height % b == 0 and width % b == 0, (
+            f"halo attention: feature map {height}x{width} is not divisible by the block size {b}"
+        )
+        nby, nbx = height // b, width // b
+        heads, d = self.heads, self.dim_head
+
+        q = self.to_q(x)
+        # (N, heads*d, H, W) -> (N, heads, d, nby, b, nbx, b) -> (N*nby*nbx, heads, b*b, d)
+        q = q.reshape(n, heads, d, nby, b, nbx, b).permute(0, 3, 5, 1, 4, 6, 2).reshape(-1, heads, b * b, d)
+
+        # Keys and values of the zero-padded map: to_kv has no bias, so padded pixels give 0.
+        kv = F.pad(self.to_kv(x), (h, h, h, h))
+        # (N, 2*heads*d, H+2h, W+2h) -> (N, 2*heads*d, nby, nbx, win, win)
+        kv = kv.unfold(2, win, b).unfold(3, win, b)
+        # -> (N, 2, heads, d, nby, nbx, win*win) -> (2, N*nby*nbx, heads, win*win, d)
+        kv = kv.reshape(n, 2, heads, d, nby, nbx, win * win).permute(1, 0, 4, 5, 2, 6, 3)
+        k, v = kv.reshape(2, -1, heads, win * win, d).unbind(0)
+
+        # Relative logits: q . R for every offset, then picked per (query row, key row) and
+        # (query column, key column) and summed into (block^2, window^2) per head and block.
+        q_grid = q.unflatten(2, (b, b)) * d**-0.5  # (B, heads, b rows, b cols, d)
+        rel_rows = q_grid @ self.rel_row.to(q.dtype).t()  # (B, heads, b, b, 2win-1)
+        rel_cols = q_grid @ self.rel_col.to(q.dtype).t()
+        index = self.rel_index  # (b, win)
+        # -> (B, heads, b, b, win) each: by key row for the query's row, by key column for its column
+        by_row = torch.take_along_dim(rel_rows, index[None, None, :, None, :], dim=-1)
+        by_col = torch.take_along_dim(rel_cols, index[None, None, None, :, :], dim=-1)
+        bias = (by_row[..., :, None] + by_col[..., None, :]).reshape(-1, heads, b * b, win * win)
+
+        inside = F.pad(x.new_ones(1, 1, height, width, dtype=torch.bool), (h, h, h, h))
+        # (1, 1, nby, nbx, win, win) -> (nby*nbx, win*win), repeated for the N images
+        inside = inside.unfold(2, win, b).unfold(3, win, b).reshape(nby * nbx, win * win)
+        valid = inside.repeat(n, 1)[:, None, None, :]
+        return q, k, v, bias, valid
+
+    def _merge_blocks(self, out: Tensor, n: int, height: int, width: int) -> Tensor:
+        b, heads, d = self.block_size, self.heads, self.dim_head
+        nby, nbx = height // b, width // b
+        # (N*nby*nbx, heads, b*b, d) -> (N, nby, nbx, heads, b, b, d) -> (N, heads*d, H, W)
+        out = out.reshape(n, nby, nbx, heads, b, b, d).permute(0, 3, 6, 1, 4, 2, 5)
+        return out.reshape(n, heads * d, height, width)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, dim_head={self.dim_head}, block_size={self.block_size}, "
+            f"halo_size={self.halo_size}, attention={self.attention!r}"
+        )

@@ -1,0 +1,576 @@
+"""Reading tiles fast, and the `tile` job that writes them to disk.
+
+`iter_tiles` streams batches of a grid's tiles in grid order. With `workers > 0`, worker
+processes (each opening the slide itself) read and decode tiles into a ring of batch slots in
+shared memory, so pixels never travel through a pipe; only slot numbers and coordinates do. At
+most `prefetch_batches` slots exist, so memory is bounded whatever the slide size.
+
+`write_tiles` is the `tile` job: tissue tiles as image files plus a manifest per slide, resumable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from .errors import ConfigError, OutputError, SlideError
+from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
+from .slide import Slide, open_slide
+from .tissue import (
+    DEFAULT_MIN_TISSUE,
+    DEFAULT_THUMBNAIL_PX,
+    TileSelection,
+    TissueMask,
+    detect_tissue,
+    select_tiles,
+)
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "slide",
+    "path",
+    "x_l0",
+    "y_l0",
+    "size_l0",
+    "level",
+    "read_size_px",
+    "tile_size_px",
+    "mpp_um",
+    "tissue_fraction",
+)
+_TMP_SUFFIX = ".tmp"
+# Seconds between checks that the other side of the queues is still alive.
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """Consecutive tiles of a grid.
+
+    `images` (N, H, W, 3) uint8 RGB with H = W = `grid.tile_size_px`; `coords_l0` (N, 2) int64
+    level-0 (x, y) tile origins; `indices` (N,) int64 positions in `grid.coordinates()`.
+    From `iter_tiles`, `images` is a view of a reused buffer, valid until the next batch is
+    requested: copy it to keep it.
+    """
+
+    images: np.ndarray
+    coords_l0: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def read_tile(slide: Slide, grid: TileGrid, x_l0: int, y_l0: int) -> np.ndarray:
+    """One tile of `grid` with level-0 origin (x_l0, y_l0): (H, W, 3) uint8, H = W = tile_size_px.
+
+    Reads a `read_size_px` square at `grid.level` and resizes it (PIL bilinear, antialiased when
+    shrinking) when that differs from the output size.
+    """
+    region = slide.read_region(x_l0, y_l0, grid.level, size_px=(grid.read_size_px, grid.read_size_px))
+    if not grid.needs_resize:
+        return region
+    size = (grid.tile_size_px, grid.tile_size_px)
+    return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BILINEAR))
+
+
+def iter_tiles(
+    slide: Slide,
+    grid: TileGrid,
+    indices: np.ndarray | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 0,
+    prefetch_batches: int | None = None,
+) -> Iterator[TileBatch]:
+    """Batches of the tiles `indices` (default: the whole grid) of `slide`, in the order given.
+
+    `workers` = 0 reads in this process; otherwise that many processes read in parallel, each
+    opening `slide.path` with `slide.backend`, into `prefetch_batches` shared-memory slots
+    (default 2 per worker). Each batch's images are valid until the next batch is requested.
+    Closing the iterator early (break, exception, Ctrl-C) stops the workers and frees the
+    shared memory; use `contextlib.closing` when a reference to it outlives the loop. A tile that
+    cannot be read raises SlideError naming the slide and the tile.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size {batch_size} must be at least 1")
+    if workers < 0:
+        raise ConfigError(f"workers {workers} must be 0 (read in this process) or more")
+    all_coords_l0 = grid.coordinates()
+    indices = np.arange(len(grid), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(grid)):
+        raise ValueError(f"tile indices must lie in [0, {len(grid)}) for this grid")
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    if workers == 0:
+        return _iter_in_process(slide, grid, all_coords_l0, batches, batch_size)
+    slots = max(2, 2 * workers) if prefetch_batches is None else prefetch_batches
+    if slots < 1:
+        raise ConfigError(f"prefetch batches {slots} must be at least 1")
+    return _iter_with_workers(
+        slide, grid, all_coords_l0, batches, batch_size, workers, min(slots, max(1, len(batches)))
+    )
+
+
+def _iter_in_process(
+    slide: Slide, grid: TileGrid, all_coords_l0: np.ndarray, batches: list[np.ndarray], batch_size: int
+) -> Iterator[TileBatch]:
+    size = grid.tile_size_px
+    buffer = np.empty((min(batch_size, max((len(b) for b in batches), default=0)), size, size, 3), np.uint8)
+    for batch_indices in batches:
+        coords_l0 = all_coords_l0[batch_indices]
+        for row, (index, (x_l0, y_l0)) in enumerate(zip(batch_indices, coords_l0)):
+            try:
+                buffer[row] = read_tile(slide, grid, int(x_l0), int(y_l0))
+            except Exception as exc:
+                raise SlideError(f"{slide.path}: {_tile_failure(index, x_l0, y_l0, grid, exc)}") from exc
+        yield TileBatch(buffer[: len(batch_indices)], coords_l0, batch_indices)
+
+
+def _iter_with_workers(
+    slide: Slide,
+    grid: TileGrid,
+    all_coords_l0: np.ndarray,
+    batches: list[np.ndarray],
+    batch_size: int,
+    workers: int,
+    slots: int,
+) -> Iterator[TileBatch]:
+    size = grid.tile_size_px
+    ring_shape = (slots, batch_size, size, size, 3)
+    # Not fork: the consumer may hold CUDA, OpenSlide handles and threads, none of them fork-safe.
+    # A fork server is a clean process started once (~0.3 s, with this module preloaded); each
+    # worker forked from it then starts in ~0.05 s instead of a fresh interpreter's ~0.3 s.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["wsi_haloae.tiles"])
+    shm = SharedMemory(create=True, size=int(np.prod(ring_shape)))
+    ring = np.ndarray(ring_shape, dtype=np.uint8, buffer=shm.buf)
+    tasks = ctx.Queue()
+    done = ctx.Queue()
+    stop = ctx.Event()
+    procs = [
+        ctx.Process(
+            target=_read_worker,
+            args=(str(slide.path), slide.backend, grid, shm.name, ring_shape, tasks, done, stop, os.getpid()),
+            name=f"wsi-haloae-tiles-{rank}",
+            daemon=True,
+        )
+        for rank in range(workers)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        submitted = 0
+        for slot in range(min(slots, len(batches))):
+            tasks.put((submitted, slot, batches[submitted], all_coords_l0[batches[submitted]]))
+            submitted += 1
+        finished: dict[int, tuple[int, str | None]] = {}
+        for batch_no, batch_indices in enumerate(batches):
+            while batch_no not in finished:
+                message_batch, slot, error = _next_message(done, procs, slide.path)
+                if message_batch < 0:
+                    raise SlideError(f"{slide.path}: a tile reader cannot open the slide: {error}")
+                finished[message_batch] = (slot, error)
+            slot, error = finished.pop(batch_no)
+            if error is not None:
+                raise SlideError(f"{slide.path}: {error}")
+            yield TileBatch(ring[slot, : len(batch_indices)], all_coords_l0[batch_indices], batch_indices)
+            # The consumer asked for the next batch, so this slot is free again.
+            if submitted < len(batches):
+                tasks.put((submitted, slot, batches[submitted], all_coords_l0[batches[submitted]]))
+                submitted += 1
+    finally:
+        _shut_down(procs, tasks, done, stop)
+        del ring
+        try:
+            shm.close()
+        except BufferError:
+            log.debug("a tile batch view outlived its reader; its shared memory is freed when it goes")
+        shm.unlink()
+
+
+def _next_message(done: Queue, procs: list[BaseProcess], path: Path) -> tuple[int, int, str | None]:
+    """The next worker report, raising SlideError if a worker died without one."""
+    while True:
+        try:
+            return done.get(timeout=_POLL_S)
+        except queue.Empty:
+            dead = [proc for proc in procs if not proc.is_alive()]
+            if dead:
+                raise SlideError(
+                    f"{path}: a tile reader process exited unexpectedly (exit code {dead[0].exitcode}); "
+                    "from a script, guard its entry point with `if __name__ == '__main__':`, "
+                    "else read with 0 workers to see the failing tile"
+                ) from None
+
+
+def _shut_down(procs: list[BaseProcess], tasks: Queue, done: Queue, stop: Event) -> None:
+    """Stop the workers (politely, then by force) and release the queues."""
+    stop.set()
+    for proc in procs:
+        if proc.pid is not None:
+            tasks.put(None)
+    for proc in procs:
+        if proc.pid is not None:
+            proc.join(timeout=5.0)
+            if proc.is_alive():
+                log.warning("tile reader %s did not stop; terminating it", proc.name)
+                proc.terminate()
+                proc.join(timeout=5.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    for q in (tasks, done):
+        q.cancel_join_thread()
+        q.close()
+
+
+def _read_worker(
+    path: str,
+    backend: str,
+    grid: TileGrid,
+    shm_name: str,
+    ring_shape: tuple[int, ...],
+    tasks: Queue,
+    done: Queue,
+    stop: Event,
+    parent_pid: int,
+) -> None:
+    """Worker process: read the batches named on `tasks` into the shared ring, report on `done`."""
+    # Ctrl-C reaches the whole process group; the consumer alone decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    shm = SharedMemory(name=shm_name)
+    ring = np.ndarray(ring_shape, dtype=np.uint8, buffer=shm.buf)
+    try:
+        try:
+            slide = open_slide(path, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - any failure goes to the consumer, which raises it
+            done.put((-1, -1, f"{type(exc).__name__}: {exc}"))
+            return
+        with slide:
+            while not stop.is_set():
+                try:
+                    task = tasks.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not _process_alive(parent_pid):
+                        return
+                    continue
+                if task is None:
+                    return
+                batch_no, slot, indices, coords_l0 = task
+                error = None
+                for row, (index, (x_l0, y_l0)) in enumerate(zip(indices, coords_l0)):
+                    if stop.is_set():
+                        return
+                    try:
+                        ring[slot, row] = read_tile(slide, grid, int(x_l0), int(y_l0))
+                    except Exception as exc:  # noqa: BLE001 - reported with the tile, raised by the consumer
+                        error = _tile_failure(index, x_l0, y_l0, grid, exc)
+                        break
+                done.put((batch_no, slot, error))
+    finally:
+        del ring
+        shm.close()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tile_failure(index: int, x_l0: int, y_l0: int, grid: TileGrid, exc: BaseException) -> str:
+    return (
+        f"cannot read tile {index} at level-0 ({x_l0}, {y_l0}), level {grid.level}, "
+        f"{grid.read_size_px} px: {type(exc).__name__}: {exc}"
+    )
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How the `tile` job cuts slides into training tiles.
+
+    Resolution: `mpp_um` (µm/px of the tiles) or a pyramid `level`; neither means 0.5 µm/px.
+    `assume_mpp_um` stands in for a slide's missing mpp. `stride_px` (default: the tile size)
+    below `tile_size_px` makes tiles overlap. Tiles with a tissue fraction below `min_tissue` are
+    dropped; `max_tiles` (with `seed`) samples that many tiles uniformly across all slides.
+    """
+
+    mpp_um: float | None = None
+    level: int | None = None
+    assume_mpp_um: float | None = None
+    tile_size_px: int = DEFAULT_TILE_SIZE_PX
+    stride_px: int | None = None
+    min_tissue: float = DEFAULT_MIN_TISSUE
+    image_format: Literal["png", "jpeg"] = "png"
+    max_tiles: int | None = None
+    seed: int = 0
+    workers: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    backend: Literal["openslide", "tiffslide"] = "openslide"
+    thumbnail_px: int = DEFAULT_THUMBNAIL_PX
+
+
+@dataclass(frozen=True)
+class SlideTiles:
+    """What the `tile` job did for one slide: its folder and manifest, the tiles the manifest
+    lists, how many this run wrote, and whether an earlier run had already finished it."""
+
+    slide: Path
+    folder: Path
+    manifest: Path
+    tiles: int
+    written: int
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class _SlidePlan:
+    slide: Path
+    folder: Path
+    grid: TileGrid
+    tissue: TissueMask
+    selection: TileSelection
+
+
+def write_tiles(
+    slides: Sequence[str | Path],
+    out_dir: str | Path,
+    cfg: TileConfig = TileConfig(),
+    *,
+    progress: bool = False,
+) -> list[SlideTiles]:
+    """Cut `slides` into tissue tiles under `out_dir/<slide stem>/`, one result per slide.
+
+    Each slide folder gets `tiles/<stem>_x<x_l0>_y<y_l0>.<png|jpg>`, `tissue_mask.png`,
+    `thumbnail.png` (kept tiles outlined) and, last and atomically, `manifest.csv` (columns
+    `MANIFEST_COLUMNS`, tile paths relative to the folder, coordinates in level-0 px). Every slide
+    is opened, gridded and tissue-checked before any tile is written, so a bad slide fails the job
+    early. Re-running resumes: a slide whose manifest matches this run is skipped, tiles already
+    on disk are kept, and half-written ones (temporary files) are redone.
+    Raises SlideError, NoTissueError, ConfigError or OutputError, each naming the file and fix.
+    """
+    out_dir = Path(out_dir)
+    slides = [Path(s) for s in slides]
+    _check_options(slides, cfg)
+    _ensure_writable(out_dir)
+    plans = [_plan_slide(path, out_dir, cfg) for path in slides]
+    chosen = _sample(plans, cfg.max_tiles, cfg.seed)
+
+    manifests = {plan.slide: _manifest_text(plan, picked, cfg) for plan, picked in zip(plans, chosen)}
+    todo: list[tuple[_SlidePlan, np.ndarray]] = []
+    results: dict[Path, SlideTiles] = {}
+    for plan, picked in zip(plans, chosen):
+        manifest = plan.folder / MANIFEST_NAME
+        if manifest.is_file():
+            if manifest.read_text() != manifests[plan.slide]:
+                raise OutputError(
+                    f"{plan.folder} holds tiles made with other settings; delete it or tile into another --out"
+                )
+            log.info("%s: already tiled, skipping", plan.slide)
+            results[plan.slide] = SlideTiles(plan.slide, plan.folder, manifest, len(picked), 0, True)
+        else:
+            todo.append((plan, picked))
+
+    missing = {plan.slide: _prepare_folder(plan, picked, cfg) for plan, picked in todo}
+    with tqdm(
+        total=sum(len(m) for m in missing.values()),
+        unit="tile",
+        desc="tiles",
+        disable=not progress,
+        smoothing=0.05,
+    ) as bar:
+        for plan, picked in todo:
+            written = _write_slide_tiles(plan, missing[plan.slide], cfg, bar)
+            manifest = plan.folder / MANIFEST_NAME
+            _write_atomically(manifest, manifests[plan.slide].encode())
+            results[plan.slide] = SlideTiles(plan.slide, plan.folder, manifest, len(picked), written, False)
+            log.info("%s: %d tiles in %s", plan.slide, len(picked), plan.folder)
+    return [results[plan.slide] for plan in plans]
+
+
+def _check_options(slides: list[Path], cfg: TileConfig) -> None:
+    if not slides:
+        raise ConfigError("no slides given; pass one or more slide files")
+    stems: dict[str, Path] = {}
+    for path in slides:
+        if path.stem in stems:
+            raise ConfigError(
+                f"{stems[path.stem]} and {path} share the name {path.stem!r}; tile them into separate --out folders"
+            )
+        stems[path.stem] = path
+    if cfg.max_tiles is not None and cfg.max_tiles < 1:
+        raise ConfigError(f"max tiles {cfg.max_tiles} must be at least 1")
+    if cfg.image_format not in ("png", "jpeg"):
+        raise ConfigError(f"tile format {cfg.image_format!r} is not one of png, jpeg")
+
+
+def _ensure_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}{_TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to {out_dir} ({exc.strerror or exc}); choose a writable --out folder"
+        ) from None
+
+
+def _plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> _SlidePlan:
+    """Open the slide, build its grid and pick its tissue tiles (reads only a thumbnail)."""
+    with open_slide(path, backend=cfg.backend) as slide:
+        grid = TileGrid.for_slide(
+            slide,
+            mpp_um=cfg.mpp_um,
+            level=cfg.level,
+            tile_size_px=cfg.tile_size_px,
+            stride_px=cfg.stride_px,
+            assume_mpp_um=cfg.assume_mpp_um,
+        )
+        log.info("%s: %s", path, grid)
+        tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
+        selection = select_tiles(
+            grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(path)
+        )
+    return _SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection)
+
+
+def _sample(plans: list[_SlidePlan], max_tiles: int | None, seed: int) -> list[np.ndarray]:
+    """Positions into each plan's selection: all of them, or `max_tiles` drawn uniformly over all slides."""
+    counts = [len(plan.selection) for plan in plans]
+    if max_tiles is None or max_tiles >= sum(counts):
+        return [np.arange(count) for count in counts]
+    drawn = np.sort(np.random.default_rng(seed).choice(sum(counts), size=max_tiles, replace=False))
+    starts = np.cumsum([0, *counts])
+    return [drawn[(drawn >= lo) & (drawn < hi)] - lo for lo, hi in itertools.pairwise(starts)]
+
+
+def _tile_name(plan: _SlidePlan, x_l0: int, y_l0: int, cfg: TileConfig) -> str:
+    extension = "png" if cfg.image_format == "png" else "jpg"
+    return f"{plan.slide.stem}_x{x_l0}_y{y_l0}.{extension}"
+
+
+def _manifest_text(plan: _SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
+    grid = plan.grid
+    coords_l0 = grid.coordinates()[plan.selection.indices[picked]]
+    fractions = plan.selection.tissue_fraction[picked]
+    mpp = "" if grid.mpp_um is None else f"{grid.mpp_um:.6g}"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for (x_l0, y_l0), fraction in zip(coords_l0.tolist(), fractions.tolist()):
+        writer.writerow(
+            [
+                plan.slide,
+                f"tiles/{_tile_name(plan, x_l0, y_l0, cfg)}",
+                x_l0,
+                y_l0,
+                grid.tile_size_l0,
+                grid.level,
+                grid.read_size_px,
+                grid.tile_size_px,
+                mpp,
+                f"{fraction:.4f}",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _prepare_folder(plan: _SlidePlan, picked: np.ndarray, cfg: TileConfig) -> np.ndarray:
+    """Write the mask and thumbnail, drop stale files; return the grid indices still to write."""
+    tiles_dir = plan.folder / "tiles"
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    indices = plan.selection.indices[picked]
+    coords_l0 = plan.grid.coordinates()[indices]
+    wanted = [_tile_name(plan, x, y, cfg) for x, y in coords_l0.tolist()]
+    # Temporary files are tiles a killed run left half-written; other names are from other settings.
+    wanted_set = set(wanted)
+    for stale in tiles_dir.iterdir():
+        if stale.name not in wanted_set:
+            stale.unlink()
+    Image.fromarray(plan.tissue.mask.astype(np.uint8) * 255).save(plan.folder / "tissue_mask.png")
+    _thumbnail_with_grid(plan, coords_l0).save(plan.folder / "thumbnail.png")
+    missing = [index for index, name in zip(indices.tolist(), wanted) if not (tiles_dir / name).is_file()]
+    if len(missing) < len(indices):
+        log.info("%s: %d of %d tiles already written", plan.slide, len(indices) - len(missing), len(indices))
+    return np.asarray(missing, dtype=np.int64)
+
+
+def _thumbnail_with_grid(plan: _SlidePlan, coords_l0: np.ndarray) -> Image.Image:
+    image = Image.fromarray(plan.tissue.thumbnail)
+    draw = ImageDraw.Draw(image)
+    sx, sy = plan.tissue.downsample
+    size = plan.grid.tile_size_l0
+    for x_l0, y_l0 in coords_l0.tolist():
+        draw.rectangle(
+            (x_l0 / sx, y_l0 / sy, (x_l0 + size) / sx - 1, (y_l0 + size) / sy - 1), outline=(0, 160, 0)
+        )
+    return image
+
+
+def _write_slide_tiles(plan: _SlidePlan, indices: np.ndarray, cfg: TileConfig, bar: tqdm) -> int:
+    """Read and save the tiles `indices` of one slide; returns how many were written."""
+    if len(indices) == 0:
+        return 0
+    tiles_dir = plan.folder / "tiles"
+    # PNG encoding costs several reads per tile and PIL releases the GIL while encoding, so
+    # encoder threads keep pace with the reader processes.
+    with (
+        open_slide(plan.slide, backend=cfg.backend) as slide,
+        ThreadPoolExecutor(max(1, cfg.workers)) as encoders,
+    ):
+        for batch in iter_tiles(slide, plan.grid, indices, batch_size=cfg.batch_size, workers=cfg.workers):
+            names = [_tile_name(plan, x, y, cfg) for x, y in batch.coords_l0.tolist()]
+            # The batch's buffer is reused by the next batch: finish encoding before asking for it.
+            list(
+                encoders.map(
+                    lambda item: _save_tile(item[0], tiles_dir / item[1], cfg), zip(batch.images, names)
+                )
+            )
+            bar.update(len(batch))
+    return len(indices)
+
+
+def _save_tile(image: np.ndarray, path: Path, cfg: TileConfig) -> None:
+    buffer = io.BytesIO()
+    if cfg.image_format == "png":
+        # Level 1 is 25% faster than the default 6 and only ~7% larger on H&E tiles.
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    _write_atomically(path, buffer.getvalue())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either absent or complete, never partial."""
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
