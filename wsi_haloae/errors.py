@@ -38,3 +38,9 @@ class DataError(WsiHaloaeError):
 
 class OutputError(WsiHaloaeError):
     """An output folder cannot be written, or another run is writing it now."""
+
+
+class CohortError(WsiHaloaeError):
+    """Some slides of a cohort failed; the others finished (see cohort.csv)."""
+
+    exit_code = 1

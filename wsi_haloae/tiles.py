@@ -352,7 +352,9 @@ class SlideTiles:
 
 
 @dataclass(frozen=True)
-class _SlidePlan:
+class SlidePlan:
+    """One slide's tiling: its output folder, grid, tissue mask and selected tissue tiles."""
+
     slide: Path
     folder: Path
     grid: TileGrid
@@ -379,44 +381,53 @@ def write_tiles(
     """
     out_dir = Path(out_dir)
     slides = [Path(s) for s in slides]
-    _check_options(slides, cfg)
-    _ensure_writable(out_dir)
-    plans = [_plan_slide(path, out_dir, cfg) for path in slides]
-    chosen = _sample(plans, cfg.max_tiles, cfg.seed)
-
-    manifests = {plan.slide: _manifest_text(plan, picked, cfg) for plan, picked in zip(plans, chosen)}
-    todo: list[tuple[_SlidePlan, np.ndarray]] = []
-    results: dict[Path, SlideTiles] = {}
-    for plan, picked in zip(plans, chosen):
-        manifest = plan.folder / MANIFEST_NAME
-        if manifest.is_file():
-            if manifest.read_text() != manifests[plan.slide]:
-                raise OutputError(
-                    f"{plan.folder} holds tiles made with other settings; delete it or tile into another --out"
-                )
-            log.info("%s: already tiled, skipping", plan.slide)
-            results[plan.slide] = SlideTiles(plan.slide, plan.folder, manifest, len(picked), 0, True)
-        else:
-            todo.append((plan, picked))
-
-    missing = {plan.slide: _prepare_folder(plan, picked, cfg) for plan, picked in todo}
+    check_tile_job(slides, out_dir, cfg)
+    plans = [plan_slide(path, out_dir, cfg) for path in slides]
+    chosen = sample_tiles([len(plan.selection) for plan in plans], cfg.max_tiles, cfg.seed)
+    for plan, picked in zip(plans, chosen):  # a folder from other settings fails before any writing
+        _tiled_already(plan, _manifest_text(plan, picked, cfg))
     with tqdm(
-        total=sum(len(m) for m in missing.values()),
-        unit="tile",
-        desc="tiles",
-        disable=not progress,
-        smoothing=0.05,
+        total=sum(len(p) for p in chosen), unit="tile", desc="tiles", disable=not progress, smoothing=0.05
     ) as bar:
-        for plan, picked in todo:
-            written = _write_slide_tiles(plan, missing[plan.slide], cfg, bar)
-            manifest = plan.folder / MANIFEST_NAME
-            _write_atomically(manifest, manifests[plan.slide].encode())
-            results[plan.slide] = SlideTiles(plan.slide, plan.folder, manifest, len(picked), written, False)
-            log.info("%s: %d tiles in %s", plan.slide, len(picked), plan.folder)
-    return [results[plan.slide] for plan in plans]
+        return [tile_slide(plan, picked, cfg, bar) for plan, picked in zip(plans, chosen)]
 
 
-def _check_options(slides: list[Path], cfg: TileConfig) -> None:
+def tile_slide(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig, bar: tqdm | None = None) -> SlideTiles:
+    """Write the tiles at positions `picked` of `plan.selection` and, last, the manifest.
+
+    The per-slide step of `write_tiles` (the cohort runner calls it on its workers): a folder
+    whose manifest matches is skipped; one from other settings is an OutputError.
+    """
+    text = _manifest_text(plan, picked, cfg)
+    manifest = plan.folder / MANIFEST_NAME
+    if _tiled_already(plan, text):
+        log.info("%s: already tiled, skipping", plan.slide)
+        if bar is not None:
+            bar.update(len(picked))
+        return SlideTiles(plan.slide, plan.folder, manifest, len(picked), 0, True)
+    missing = _prepare_folder(plan, picked, cfg)
+    if bar is not None:
+        bar.update(len(picked) - len(missing))
+    written = _write_slide_tiles(plan, missing, cfg, bar)
+    _write_atomically(manifest, text.encode())
+    log.info("%s: %d tiles in %s", plan.slide, len(picked), plan.folder)
+    return SlideTiles(plan.slide, plan.folder, manifest, len(picked), written, False)
+
+
+def _tiled_already(plan: SlidePlan, manifest_text: str) -> bool:
+    """True when the slide's folder holds this very tiling; OutputError when it holds another."""
+    manifest = plan.folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
+    if manifest.read_text() != manifest_text:
+        raise OutputError(
+            f"{plan.folder} holds tiles made with other settings; delete it or tile into another --out"
+        )
+    return True
+
+
+def check_tile_job(slides: list[Path], out_dir: Path, cfg: TileConfig) -> None:
+    """ConfigError or OutputError before any work: no slides, clashing names, bad options, unwritable out."""
     if not slides:
         raise ConfigError("no slides given; pass one or more slide files")
     stems: dict[str, Path] = {}
@@ -430,6 +441,7 @@ def _check_options(slides: list[Path], cfg: TileConfig) -> None:
         raise ConfigError(f"max tiles {cfg.max_tiles} must be at least 1")
     if cfg.image_format not in ("png", "jpeg"):
         raise ConfigError(f"tile format {cfg.image_format!r} is not one of png, jpeg")
+    _ensure_writable(out_dir)
 
 
 def _ensure_writable(out_dir: Path) -> None:
@@ -444,8 +456,11 @@ def _ensure_writable(out_dir: Path) -> None:
         ) from None
 
 
-def _plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> _SlidePlan:
-    """Open the slide, build its grid and pick its tissue tiles (reads only a thumbnail)."""
+def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
+    """Open the slide, build its grid and pick its tissue tiles (reads only a thumbnail).
+
+    Deterministic: the cohort runner plans a slide twice (to count, then to tile) and gets the same plan.
+    """
     with open_slide(path, backend=cfg.backend) as slide:
         grid = TileGrid.for_slide(
             slide,
@@ -460,12 +475,12 @@ def _plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> _SlidePlan:
         selection = select_tiles(
             grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(path)
         )
-    return _SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection)
+    return SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection)
 
 
-def _sample(plans: list[_SlidePlan], max_tiles: int | None, seed: int) -> list[np.ndarray]:
-    """Positions into each plan's selection: all of them, or `max_tiles` drawn uniformly over all slides."""
-    counts = [len(plan.selection) for plan in plans]
+def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np.ndarray]:
+    """Positions into each slide's selection of `counts[i]` tissue tiles: all of them, or
+    `max_tiles` drawn uniformly over all slides."""
     if max_tiles is None or max_tiles >= sum(counts):
         return [np.arange(count) for count in counts]
     drawn = np.sort(np.random.default_rng(seed).choice(sum(counts), size=max_tiles, replace=False))
@@ -473,12 +488,12 @@ def _sample(plans: list[_SlidePlan], max_tiles: int | None, seed: int) -> list[n
     return [drawn[(drawn >= lo) & (drawn < hi)] - lo for lo, hi in itertools.pairwise(starts)]
 
 
-def _tile_name(plan: _SlidePlan, x_l0: int, y_l0: int, cfg: TileConfig) -> str:
+def _tile_name(plan: SlidePlan, x_l0: int, y_l0: int, cfg: TileConfig) -> str:
     extension = "png" if cfg.image_format == "png" else "jpg"
     return f"{plan.slide.stem}_x{x_l0}_y{y_l0}.{extension}"
 
 
-def _manifest_text(plan: _SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
+def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
     grid = plan.grid
     coords_l0 = grid.coordinates()[plan.selection.indices[picked]]
     fractions = plan.selection.tissue_fraction[picked]
@@ -504,7 +519,7 @@ def _manifest_text(plan: _SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str
     return buffer.getvalue()
 
 
-def _prepare_folder(plan: _SlidePlan, picked: np.ndarray, cfg: TileConfig) -> np.ndarray:
+def _prepare_folder(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> np.ndarray:
     """Write the mask and thumbnail, drop stale files; return the grid indices still to write."""
     tiles_dir = plan.folder / "tiles"
     tiles_dir.mkdir(parents=True, exist_ok=True)
@@ -524,7 +539,7 @@ def _prepare_folder(plan: _SlidePlan, picked: np.ndarray, cfg: TileConfig) -> np
     return np.asarray(missing, dtype=np.int64)
 
 
-def _thumbnail_with_grid(plan: _SlidePlan, coords_l0: np.ndarray) -> Image.Image:
+def _thumbnail_with_grid(plan: SlidePlan, coords_l0: np.ndarray) -> Image.Image:
     image = Image.fromarray(plan.tissue.thumbnail)
     draw = ImageDraw.Draw(image)
     sx, sy = plan.tissue.downsample
@@ -536,7 +551,7 @@ def _thumbnail_with_grid(plan: _SlidePlan, coords_l0: np.ndarray) -> Image.Image
     return image
 
 
-def _write_slide_tiles(plan: _SlidePlan, indices: np.ndarray, cfg: TileConfig, bar: tqdm) -> int:
+def _write_slide_tiles(plan: SlidePlan, indices: np.ndarray, cfg: TileConfig, bar: tqdm | None) -> int:
     """Read and save the tiles `indices` of one slide; returns how many were written."""
     if len(indices) == 0:
         return 0
@@ -555,7 +570,8 @@ def _write_slide_tiles(plan: _SlidePlan, indices: np.ndarray, cfg: TileConfig, b
                     lambda item: _save_tile(item[0], tiles_dir / item[1], cfg), zip(batch.images, names)
                 )
             )
-            bar.update(len(batch))
+            if bar is not None:
+                bar.update(len(batch))
     return len(indices)
 
 

@@ -7,6 +7,7 @@ zarr, dask) happen inside the command, so `--help` stays instant.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -25,7 +26,7 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
+            click.echo("interrupted: finished work is kept; rerun the same command to resume (train: add --resume)", err=True)
             ctx.exit(130)
 
 
@@ -37,7 +38,9 @@ def main(verbose: int, quiet: bool) -> None:
     """Find abnormal regions of whole-slide images with HaloAE, without annotations."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("distributed", "PIL", "matplotlib", "asyncio", "numcodecs", "fsspec"):
+    # dask reads this when distributed is first imported, in this process and in its workers
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if verbose > 1 else "warning")
+    for noisy in ("distributed", "PIL", "matplotlib", "asyncio", "numcodecs", "fsspec", "tifffile"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

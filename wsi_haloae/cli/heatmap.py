@@ -1,4 +1,5 @@
-"""`wsi-haloae heatmap`: anomaly heatmaps of slides (calls `wsi_haloae.heatmap.heatmap_slides`)."""
+"""`wsi-haloae heatmap`: anomaly heatmaps of slides (`wsi_haloae.heatmap.heatmap_slides` for one
+slide, `wsi_haloae.cohort.heatmap_cohort` for a cohort)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,28 @@ from pathlib import Path
 import click
 
 
+SCHEDULER_HELP = (
+    "Run a cohort on dask: local (a local cluster, one worker per GPU or CPU workers), "
+    "tcp://host:8786 (a running cluster) or none (one by one here). Default: local for many "
+    "slides, none for one."
+)
+
+
+def cohort_options(command: click.Command) -> click.Command:
+    """The options both cohort commands (heatmap, tile) share."""
+    for option in reversed(
+        [
+            click.option("--scheduler", help=SCHEDULER_HELP),
+            click.option("--dask-workers", type=int, help="Workers of --scheduler local (default: one per GPU, else cores/4)."),
+            click.option("--dashboard", default=":8787", show_default=True, help="Dask dashboard address of --scheduler local."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @click.command("heatmap")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True)
 @click.option(
     "--model",
     "run",
@@ -53,9 +74,10 @@ import click
     type=float,
     help="Anomaly threshold (default: the model's high percentile of its training tile scores).",
 )
+@cohort_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def heatmap_command(
-    slides: tuple[Path, ...],
+    slides: tuple[str, ...],
     run: Path,
     out: Path,
     config_path: Path | None,
@@ -71,9 +93,17 @@ def heatmap_command(
     compile_model: bool | None,
     no_bf16: bool,
     threshold: float | None,
+    scheduler: str | None,
+    dask_workers: int | None,
+    dashboard: str,
     progress: bool,
 ) -> None:
-    """Score SLIDES with a trained model: heatmap pyramid, QuPath GeoJSON, overlay, summary."""
+    """Score SLIDES with a trained model: heatmap pyramid, QuPath GeoJSON, overlay, summary.
+
+    SLIDES are slide files, glob patterns or CSV lists (a `slide` or `path` column). Many slides
+    run as a cohort on dask and get OUT/cohort.csv; a rerun skips finished slides.
+    """
+    from ..cohort import expand_slides, heatmap_cohort
     from ..config import HeatmapConfig, load_config, replace
     from ..heatmap import heatmap_slides
 
@@ -97,7 +127,16 @@ def heatmap_command(
         threshold=threshold,
         bf16=False if no_bf16 else None,
     )
-    for result in heatmap_slides(slides, run, out, cfg, progress=progress):
+    paths = expand_slides(slides)
+    if scheduler is not None or len(paths) > 1:
+        rows = heatmap_cohort(
+            paths, run, out, cfg, scheduler=scheduler or "local", n_workers=dask_workers,
+            dashboard_address=dashboard, progress=progress,
+        )
+        done = sum(row.status == "done" for row in rows)
+        click.echo(f"{len(rows)} slides: {done} scored now, {len(rows) - done} already done -> {out / 'cohort.csv'}")
+        return
+    for result in heatmap_slides(paths, run, out, cfg, progress=progress):
         click.echo(
             f"{result.slide.name}: {result.tiles} tiles, {result.anomalous_tiles} above "
             f"{result.threshold:.4g}, {result.regions} regions -> {result.out_dir} "

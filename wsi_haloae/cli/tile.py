@@ -1,4 +1,5 @@
-"""`wsi-haloae tile`: cut slides into tissue tiles plus a manifest (calls `wsi_haloae.tiles.write_tiles`)."""
+"""`wsi-haloae tile`: cut slides into tissue tiles plus a manifest (`wsi_haloae.tiles.write_tiles`,
+or `wsi_haloae.cohort.tile_cohort` with --scheduler)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from .heatmap import cohort_options
+
 
 @click.command("tile")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True)
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Output folder (one sub-folder per slide)."
 )
@@ -43,9 +46,10 @@ import click
 @click.option(
     "--backend", type=click.Choice(["openslide", "tiffslide"]), default="openslide", show_default=True
 )
+@cohort_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def tile_command(
-    slides: tuple[Path, ...],
+    slides: tuple[str, ...],
     out: Path,
     mpp_um: float | None,
     level: int | None,
@@ -58,12 +62,18 @@ def tile_command(
     seed: int,
     workers: int,
     backend: str,
+    scheduler: str | None,
+    dask_workers: int | None,
+    dashboard: str,
     progress: bool,
 ) -> None:
     """Write the tissue tiles of SLIDE... as images, with a manifest.csv per slide, under --out.
 
-    Re-running the same command resumes: finished slides are skipped, written tiles kept.
+    SLIDES are slide files, glob patterns or CSV lists (a `slide` or `path` column). Re-running
+    the same command resumes: finished slides are skipped, written tiles kept. Many slides run as
+    a cohort on dask: a failing slide is recorded in OUT/cohort.csv and the others go on.
     """
+    from ..cohort import expand_slides, tile_cohort
     from ..errors import ConfigError
     from ..tiles import TileConfig, write_tiles
 
@@ -82,7 +92,15 @@ def tile_command(
         workers=workers,
         backend=backend,  # type: ignore[arg-type]
     )
-    for result in write_tiles(slides, out, cfg, progress=progress):
+    paths = expand_slides(slides)
+    if scheduler is not None or len(paths) > 1:
+        rows = tile_cohort(
+            paths, out, cfg, scheduler=scheduler or "local", n_workers=dask_workers, dashboard_address=dashboard, progress=progress
+        )
+        tiles = sum(row.tiles or 0 for row in rows)
+        click.echo(f"{len(rows)} slides: {tiles} tiles -> {out / 'cohort.csv'}")
+        return
+    for result in write_tiles(paths, out, cfg, progress=progress):
         state = "already done" if result.skipped else f"{result.written} written"
         click.echo(f"{result.slide}: {result.tiles} tiles ({state}) -> {result.manifest}")
 
