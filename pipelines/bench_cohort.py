@@ -34,11 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @click.command()
 @click.option("--slides", "count", default=8, show_default=True, help="Slides in the cohort.")
-@click.option("--size", default=4096, show_default=True, help="Side of each synthetic slide, px at 0.5 µm/px.")
-@click.option("--workers", default="1,2", show_default=True, help="Local cluster sizes to time, comma-separated.")
-@click.option("--model", "run", type=click.Path(exists=True, path_type=Path), help="Trained run folder to time.")
+@click.option(
+    "--size", default=4096, show_default=True, help="Side of each synthetic slide, px at 0.5 µm/px."
+)
+@click.option(
+    "--workers", default="1,2", show_default=True, help="Local cluster sizes to time, comma-separated."
+)
+@click.option(
+    "--model", "run", type=click.Path(exists=True, path_type=Path), help="Trained run folder to time."
+)
 @click.option("--mpp", default=1.0, show_default=True, help="Tile resolution, µm/px.")
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep slides and outputs here.")
+@click.option(
+    "--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep slides and outputs here."
+)
 def main(count: int, size: int, workers: str, run: Path | None, mpp: float, keep: Path | None) -> None:
     logging.basicConfig(level=logging.WARNING)
     folder = keep or Path(tempfile.mkdtemp(prefix="bench-cohort-"))
@@ -52,7 +60,9 @@ def main(count: int, size: int, workers: str, run: Path | None, mpp: float, keep
     if run is None:
         normal = write_synthetic_slide(folder / "normal.tiff", 2048, 2048, seed=99).path
         write_tiles([normal], folder / "tiles", TileConfig(mpp_um=mpp, tile_size_px=64, max_tiles=64))
-        cfg = dataclasses.replace(load_config(ROOT / "configs" / "tiny.yaml", TrainConfig), epochs=1, samples_per_epoch=16)
+        cfg = dataclasses.replace(
+            load_config(ROOT / "configs" / "tiny.yaml", TrainConfig), epochs=1, samples_per_epoch=16
+        )
         run = train(cfg, folder / "tiles", folder / "run", progress=False)
 
     heatmap_cfg = HeatmapConfig(mpp_um=mpp, device="cpu", workers=0)
@@ -62,13 +72,22 @@ def main(count: int, size: int, workers: str, run: Path | None, mpp: float, keep
         out = folder / f"out-{scheduler}-{n_workers or 0}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        result = heatmap_cohort(slides, run, out, heatmap_cfg, scheduler=scheduler, n_workers=n_workers, dashboard_address=":0")
+        result = heatmap_cohort(
+            slides, run, out, heatmap_cfg, scheduler=scheduler, n_workers=n_workers, dashboard_address=":0"
+        )
         seconds = time.perf_counter() - started
         tiles = sum(row.tiles or 0 for row in result)
-        label = "in this process (--scheduler none)" if scheduler == "none" else f"LocalCluster, {n_workers} CPU worker(s)"
+        label = (
+            "in this process (--scheduler none)"
+            if scheduler == "none"
+            else f"LocalCluster, {n_workers} CPU worker(s)"
+        )
         rows.append((label, seconds, count / seconds * 3600, tiles / seconds))
-    print(f"date {datetime.date.today()}, {platform.node()}, {available_cpus()} CPU cores, no GPU; "
-          f"{count} slides of {size}x{size} px at 0.5 µm/px, tiny model, {mpp} µm/px tiles, {tiles // count} tissue tiles/slide")
+    print(
+        f"date {datetime.date.today()}, {platform.node()}, {available_cpus()} CPU cores, no GPU; "
+        f"{count} slides of {size}x{size} px at 0.5 µm/px, tiny model, {mpp} µm/px tiles, "
+        f"{tiles // count} tissue tiles/slide"
+    )
     print()
     print("| setting | seconds | slides/hour | tiles/s |")
     print("|---|---:|---:|---:|")

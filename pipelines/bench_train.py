@@ -43,8 +43,12 @@ def write_synthetic_tiles(folder: Path, count: int, size_px: int, seed: int = 0)
 
 @click.command()
 @click.option(
-    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=ROOT / "configs" / "haloae-paper.yaml", show_default=True, help="TrainConfig YAML to time.",
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=ROOT / "configs" / "haloae-paper.yaml",
+    show_default=True,
+    help="TrainConfig YAML to time.",
 )
 @click.option("--steps", type=int, default=30, show_default=True, help="Timed steps per bf16 setting.")
 @click.option("--device", default="auto", show_default=True)
@@ -76,8 +80,10 @@ def main(config_path: Path, steps: int, device: str, workers: int | None, tile_c
             used = "on" if bf16 and where.type == "cuda" else ("off (CUDA only)" if bf16 else "off")
             rows.append((used, timed["images_per_s"], timed["seconds"], peak))
 
-    click.echo(f"HaloAE training, {config_path.name}, {name}, {base.model.image_size_px} px, "
-               f"{3 * base.batch_size} images/step, {steps} timed steps, {base.workers} workers")
+    click.echo(
+        f"HaloAE training, {config_path.name}, {name}, {base.model.image_size_px} px, "
+        f"{3 * base.batch_size} images/step, {steps} timed steps, {base.workers} workers"
+    )
     click.echo("| bf16 | channels_last | images/s | s/epoch | peak GPU memory (GiB) |")
     click.echo("| --- | --- | --- | --- | --- |")
     channels_last = "on" if base.channels_last and where.type == "cuda" else "off"

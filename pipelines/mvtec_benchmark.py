@@ -34,21 +34,33 @@ log = logging.getLogger("mvtec_benchmark")
 
 @click.command()
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--categories", help="Comma-separated categories (default: every category folder under ROOT).")
 @click.option(
-    "--categories", help="Comma-separated categories (default: every category folder under ROOT)."
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=PAPER_CONFIG,
+    show_default="configs/haloae-paper.yaml",
+    help="TrainConfig YAML.",
 )
 @click.option(
-    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=PAPER_CONFIG, show_default="configs/haloae-paper.yaml", help="TrainConfig YAML.",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("mvtec-benchmark"),
+    show_default=True,
+    help="Output folder.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("mvtec-benchmark"),
-              show_default=True, help="Output folder.")
 @click.option("--epochs", type=int, help="Override the config's number of epochs.")
 @click.option("--backbone-weights", help="VGG19 weights: imagenet, random (tests only) or a .pth path.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="honest", show_default=True)
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default: the config's).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Test images per forward pass.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Test images per forward pass.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def main(
     root: Path,
@@ -82,8 +94,13 @@ def main(
                     train(cfg, root / name, run, resume=True, progress=progress)
                 trained = load_trained(run, resolve_device(cfg.device))
                 evaluate_mvtec(
-                    trained, root, name, out / name, protocol=protocol,  # type: ignore[arg-type]
-                    batch_size=batch_size, progress=progress,
+                    trained,
+                    root,
+                    name,
+                    out / name,
+                    protocol=protocol,  # type: ignore[arg-type]
+                    batch_size=batch_size,
+                    progress=progress,
                 )
             results[name] = json.loads(metrics.read_text())
     except WsiHaloaeError as exc:

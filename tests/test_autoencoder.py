@@ -16,8 +16,15 @@ from wsi_haloae.model.haloae import HaloAE
 # model-spec.md, block C: params in millions, as printed (value, decimals)
 SPEC_PARAMS_M = {
     "head": (4.1, 1),
-    "enc 1": (1.10, 2), "enc 2": (0.36, 2), "enc 3": (0.16, 2), "enc 4": (0.05, 2),
-    "dec 1": (0.02, 2), "dec 2": (0.10, 2), "dec 3": (0.33, 2), "dec 4": (2.08, 2), "dec 5": (5.65, 2),
+    "enc 1": (1.10, 2),
+    "enc 2": (0.36, 2),
+    "enc 3": (0.16, 2),
+    "enc 4": (0.05, 2),
+    "dec 1": (0.02, 2),
+    "dec 2": (0.10, 2),
+    "dec 3": (0.33, 2),
+    "dec 4": (2.08, 2),
+    "dec 5": (5.65, 2),
 }
 SPEC_TOTAL_M = 17.6  # trainable as trained, D = 380 first channels / 4 middle layers, E at 256 px
 SPEC_UNUSED_M = 5.8  # "of which 5.8 M sit in stride-2 layers built but never run"
@@ -77,8 +84,15 @@ def test_stage_shapes_at_full_size() -> None:
         fm_hat = full(fm)
     assert shapes == [
         (234, 60, 60),
-        (234, 60, 60), (117, 60, 60), (58, 60, 60), (29, 60, 60),
-        (29, 60, 60), (59, 60, 60), (118, 60, 60), (237, 60, 60), (704, 60, 60),
+        (234, 60, 60),
+        (117, 60, 60),
+        (58, 60, 60),
+        (29, 60, 60),
+        (29, 60, 60),
+        (59, 60, 60),
+        (118, 60, 60),
+        (237, 60, 60),
+        (704, 60, 60),
     ]
     assert fm_hat.shape == (1, 704, 64, 64)
 

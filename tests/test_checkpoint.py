@@ -16,7 +16,7 @@ from wsi_haloae.checkpoint import (
     save_trained,
 )
 from wsi_haloae.config import TrainConfig, load_config, replace, to_dict
-from wsi_haloae.errors import CheckpointError, ConfigError
+from wsi_haloae.errors import CheckpointError, ConfigError, OutputError
 from wsi_haloae.model.haloae import HaloAE
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -38,8 +38,13 @@ def saved(tmp_path: Path, cfg: TrainConfig, model: HaloAE) -> Path:
     """A run folder with a model.safetensors of the tiny model: mean map 0..1 ramp, 5 scores."""
     size = cfg.model.image_size_px
     mean_map = torch.linspace(0, 1, size * size).reshape(size, size)
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
     save_trained(
-        tmp_path / "run" / MODEL_FILE, model, cfg, mean_map, torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+        tmp_path / "run" / MODEL_FILE,
+        model,
+        cfg,
+        {"mean": mean_map, "median": mean_map.flip(1)},
+        {"mean": scores, "median": scores * 2},
     )
     return tmp_path / "run"
 
@@ -53,12 +58,14 @@ def test_trained_model_round_trip(saved: Path, cfg: TrainConfig, model: HaloAE) 
     ):
         assert key == other_key and torch.equal(expected, loaded), key
     assert trained.mean_map.shape == (64, 64) and trained.mean_map[-1, -1] == 1.0
-    assert trained.train_scores.tolist() == [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert trained.median_map[-1, 0] == 1.0 and trained.reference_map("median") is trained.median_map
+    assert trained.train_scores["mean"].tolist() == [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert trained.train_scores["median"].tolist() == [2.0, 4.0, 6.0, 8.0, 20.0]
     # the file alone is accepted too; its metadata says what it is
     assert load_trained(saved / MODEL_FILE).config == cfg
     with safe_open(str(saved / MODEL_FILE), framework="pt") as handle:
         metadata = handle.metadata()
-    assert metadata["format"] == "wsi-haloae/model/1" and json.loads(metadata["config"]) == to_dict(cfg)
+    assert metadata["format"] == "wsi-haloae/model/2" and json.loads(metadata["config"]) == to_dict(cfg)
     assert not list(saved.glob(".*tmp"))  # no temporary file left behind
 
 
@@ -73,7 +80,7 @@ def test_loaded_model_computes_what_the_saved_one_did(saved: Path, model: HaloAE
 
 def test_threshold_is_a_percentile_of_training_scores(saved: Path, cfg: TrainConfig) -> None:
     trained = load_trained(saved)
-    assert trained.threshold(50) == 3.0
+    assert trained.threshold(50) == 3.0 and trained.threshold(50, "median") == 6.0
     assert trained.threshold(90) == pytest.approx(np.percentile([1, 2, 3, 4, 10], 90))  # 7.6
     assert trained.threshold() == pytest.approx(np.percentile([1, 2, 3, 4, 10], cfg.score_percentile))
     with pytest.raises(ConfigError, match="between 0 and 100"):
@@ -187,7 +194,7 @@ def test_failed_write_keeps_the_previous_checkpoint(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="cannot write .*last.pt .No space left on device"):
         save_train_state(path, {**_train_state(model, cfg), "epoch": 4})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 

@@ -46,7 +46,9 @@ def one_model_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def slides(synthetic_slide_factory: Callable[..., SyntheticSlide], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def slides(
+    synthetic_slide_factory: Callable[..., SyntheticSlide], tmp_path_factory: pytest.TempPathFactory
+) -> list[Path]:
     """Three small slides with anomalies and a corrupt one (the first 20 kB of a slide)."""
     good = [synthetic_slide_factory(1024, 1024, anomalies=1, seed=seed).path for seed in (11, 12, 13)]
     corrupt = tmp_path_factory.mktemp("corrupt") / "corrupt.tiff"
@@ -55,11 +57,15 @@ def slides(synthetic_slide_factory: Callable[..., SyntheticSlide], tmp_path_fact
 
 
 @pytest.fixture(scope="module")
-def run_dir(synthetic_slide_factory: Callable[..., SyntheticSlide], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(
+    synthetic_slide_factory: Callable[..., SyntheticSlide], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     normal = synthetic_slide_factory(1024, 1024, anomalies=0, seed=10)
     folder = tmp_path_factory.mktemp("cohort_run")
     write_tiles([normal.path], folder / "tiles", TileConfig(mpp_um=1.0, tile_size_px=64, max_tiles=8))
-    cfg = dataclasses.replace(load_config(ROOT / "configs" / "tiny.yaml", TrainConfig), epochs=1, samples_per_epoch=4)
+    cfg = dataclasses.replace(
+        load_config(ROOT / "configs" / "tiny.yaml", TrainConfig), epochs=1, samples_per_epoch=4
+    )
     return train(cfg, folder / "tiles", folder / "run", progress=False)
 
 
@@ -111,7 +117,9 @@ def test_a_two_worker_cohort_matches_one_by_one_reports_the_corrupt_slide_and_re
         assert float(row["anomalous_area_um2"]) >= 0 and float(row["seconds"]) > 0
 
     stamps = {s.stem: (out / s.stem / SUMMARY_NAME).stat().st_mtime_ns for s in slides[:3]}
-    rerun = heatmap_cohort(slides[:3], run_dir, out, CFG, scheduler="local", n_workers=2, dashboard_address=":0")
+    rerun = heatmap_cohort(
+        slides[:3], run_dir, out, CFG, scheduler="local", n_workers=2, dashboard_address=":0"
+    )
     assert [row.status for row in rerun] == ["skipped"] * 3
     assert stamps == {s.stem: (out / s.stem / SUMMARY_NAME).stat().st_mtime_ns for s in slides[:3]}
     assert _rows(out).keys() == {s.name for s in slides[:3]}
@@ -181,11 +189,15 @@ def test_slides_come_from_paths_globs_and_csv_lists(slides: list[Path], tmp_path
         expand_slides([bad])
 
 
-def test_cli_cohort_exits_non_zero_with_one_line_and_a_table(slides: list[Path], run_dir: Path, tmp_path: Path) -> None:
+def test_cli_cohort_exits_non_zero_with_one_line_and_a_table(
+    slides: list[Path], run_dir: Path, tmp_path: Path
+) -> None:
     config = tmp_path / "heatmap.yaml"
     config.write_text("mpp_um: 1.0\nworkers: 0\nbatch_size: 4\nchunk_px: 8\ndevice: cpu\n")
     args = ["heatmap", *map(str, slides[2:]), "--model", str(run_dir), "--out", str(tmp_path / "out")]
-    result = CliRunner().invoke(main, [*args, "--config", str(config), "--scheduler", "none", "--no-progress"])
+    result = CliRunner().invoke(
+        main, [*args, "--config", str(config), "--scheduler", "none", "--no-progress"]
+    )
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: 1 of 2 slides failed") and "cohort.csv" in lines[-1]

@@ -206,7 +206,7 @@ def test_loader_batches_do_not_depend_on_workers(tile_folder: Path) -> None:
 
 
 def test_seeded_generator() -> None:
-    draw = lambda *keys: torch.rand(3, generator=seeded_generator(0, *keys))  # noqa: E731
+    draw = lambda *keys: torch.rand(3, generator=seeded_generator(0, *keys))
     assert torch.equal(draw(1, 2), draw(1, 2))
     assert not torch.equal(draw(1, 2), draw(2, 1)) and not torch.equal(draw(1, 2), draw(1, 2, 0))
     with pytest.raises(ConfigError, match="seed is -1"):

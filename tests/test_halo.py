@@ -25,11 +25,13 @@ def _padding(height: int, width: int, block: int, halo: int) -> torch.Tensor:
     rows = []
     for y0 in range(0, height, block):
         for x0 in range(0, width, block):
-            rows.append([
-                not (0 <= y0 - halo + wy < height and 0 <= x0 - halo + wx < width)
-                for wy in range(win)
-                for wx in range(win)
-            ])
+            rows.append(
+                [
+                    not (0 <= y0 - halo + wy < height and 0 <= x0 - halo + wx < width)
+                    for wy in range(win)
+                    for wx in range(win)
+                ]
+            )
     return torch.tensor(rows)
 
 

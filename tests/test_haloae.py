@@ -17,12 +17,24 @@ from wsi_haloae.model import HaloAE, VGGFeatures, anomaly_map, feature_error, im
 from wsi_haloae.model.heads import ImageDecoder
 
 TINY = ModelConfig(
-    image_size_px=64, backbone_weights="random", width=0.125, block_size=4, halo_size=1, dim_head=8,
-    decoder_first_channels=32, decoder_middle_layers=2,
+    image_size_px=64,
+    backbone_weights="random",
+    width=0.125,
+    block_size=4,
+    halo_size=1,
+    dim_head=8,
+    decoder_first_channels=32,
+    decoder_middle_layers=2,
 )
 GOLDEN = ModelConfig(
-    image_size_px=32, backbone_weights="random", width=0.125, block_size=4, halo_size=1, dim_head=8,
-    decoder_first_channels=16, decoder_middle_layers=2,
+    image_size_px=32,
+    backbone_weights="random",
+    width=0.125,
+    block_size=4,
+    halo_size=1,
+    dim_head=8,
+    decoder_first_channels=16,
+    decoder_middle_layers=2,
 )
 EXPECTED = Path(__file__).resolve().parent / "expected" / "haloae_golden.pt"
 RECORD = "WSI_HALOAE_RECORD"
@@ -114,7 +126,13 @@ def test_image_decoder_follows_the_spec_order() -> None:
     decoder = ImageDecoder(704, 380, 4)
     convs = [m for m in decoder.layers if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (704, 380), (380, 190), (190, 95), (95, 47), (47, 23), (23, 3), (3, 3),
+        (704, 380),
+        (380, 190),
+        (190, 95),
+        (95, 47),
+        (47, 23),
+        (23, 3),
+        (3, 3),
     ]
     assert all(c.padding_mode == "reflect" and c.kernel_size == (3, 3) for c in convs)
     kinds = [type(m).__name__ for m in decoder.layers]
@@ -150,6 +168,18 @@ def test_anomaly_map_smoothing_by_hand() -> None:
     torch.testing.assert_close(anomaly_map(torch.full((2, 4, 4), 3.0), 16), torch.full((2, 16, 16), 3.0))
     relative = anomaly_map(torch.zeros(1, 4, 4), 16, torch.ones(16, 16))
     torch.testing.assert_close(relative, torch.ones(1, 16, 16))
+
+
+def test_the_median_reference_keeps_the_ranking_that_outliers_invert_under_the_mean() -> None:
+    # nine training tiles reconstructed with error 1, one (a tissue edge) with error 100
+    training = anomaly_map(torch.tensor([1.0] * 9 + [100.0])[:, None, None].expand(10, 4, 4), 8)
+    mean_map, median_map = training.mean(0), training.median(0).values
+    # a normal tile (error 1) and an anomaly (error 5)
+    tiles = torch.tensor([1.0, 5.0])[:, None, None].expand(2, 4, 4)
+    by_mean = image_scores(anomaly_map(tiles, 8, mean_map))[0]
+    by_median = image_scores(anomaly_map(tiles, 8, median_map))[0]
+    torch.testing.assert_close(by_mean, torch.tensor([9.9, 5.9]))  # the normal tile scores higher
+    torch.testing.assert_close(by_median, torch.tensor([0.0, 4.0]))
 
 
 def test_anomaly_map_upsampling_by_hand() -> None:

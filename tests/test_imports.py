@@ -29,7 +29,17 @@ FORBIDDEN = {
     "synth_mvtec": NO_TORCH,
 }
 MODEL_MUST_NOT = ("openslide", "tiffslide", "zarr", "dask", "distributed", "shapely")
-MODEL_MUST_NOT_INTERNAL = ("slide", "grid", "tissue", "tiles", "pyramid", "geojson", "overlay", "heatmap", "cohort")
+MODEL_MUST_NOT_INTERNAL = (
+    "slide",
+    "grid",
+    "tissue",
+    "tiles",
+    "pyramid",
+    "geojson",
+    "overlay",
+    "heatmap",
+    "cohort",
+)
 
 
 def _modules() -> list[Path]:
@@ -79,6 +89,10 @@ def test_import_rules(path: Path) -> None:
         assert banned not in tops, f"{name} imports {banned}: this layer must stay free of it"
     if name.startswith("model"):
         for banned in MODEL_MUST_NOT:
-            assert banned not in tops, f"{name} imports {banned}: the model knows nothing of slides or outputs"
+            assert banned not in tops, (
+                f"{name} imports {banned}: the model knows nothing of slides or outputs"
+            )
         for banned in MODEL_MUST_NOT_INTERNAL:
-            assert banned not in internal, f"{name} imports wsi_haloae.{banned}: the model knows nothing of slides"
+            assert banned not in internal, (
+                f"{name} imports wsi_haloae.{banned}: the model knows nothing of slides"
+            )

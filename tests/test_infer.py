@@ -55,7 +55,8 @@ def trained() -> TrainedModel:
     torch.manual_seed(0)
     model = HaloAE(cfg.model).eval()
     mean_map = torch.linspace(0.0, 0.01, 64 * 64).reshape(64, 64)
-    return TrainedModel(model, cfg, mean_map, torch.arange(10.0), Path("tiny-run"))
+    scores = {"mean": torch.arange(10.0), "median": torch.arange(10.0)}
+    return TrainedModel(model, cfg, mean_map, mean_map.flip(0), scores, Path("tiny-run"))
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ from torch import Tensor
 
 # Ruifrok & Johnston's stain optical-density vectors as scikit-image defines them (rows: haematoxylin,
 # eosin, DAB; columns: R, G, B), so `rgb_to_hed` agrees with `skimage.color.rgb2hed`.
-RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
 # scikit-image floors intensities at 1e-6 before the log and divides optical densities by

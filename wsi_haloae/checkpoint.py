@@ -6,8 +6,9 @@ A training run folder holds two kinds:
   epochs, the torch RNG state and the config as a plain dict. Only tensors and plain Python types
   are inside, so it loads with `torch.load(weights_only=True)`, which runs no pickled code.
 - `RUN/model.safetensors`, the trained model (`save_trained` / `load_trained`): every weight of
-  HaloAE including the frozen backbone (under `model.`), `mean_map` (S, S), the mean anomaly map of
-  the training tiles, and `train_scores` (N,), their image scores after normalisation by that map;
+  HaloAE including the frozen backbone (under `model.`), `mean_map` and `median_map` (S, S), the
+  per-pixel mean and median anomaly maps of the training tiles, and `train_scores.<mean|median>`
+  (N,), their image scores relative to each map;
   metadata `format`, `version` and `config` (the TrainConfig as JSON). Inference needs nothing else.
 
 Both are written to a temporary file in the destination folder, flushed to disk, then moved over
@@ -19,12 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,28 +35,17 @@ from torch import Tensor
 from . import __version__
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
+from .files import write_atomically
+from .model.anomaly import NORMALISATIONS, Normalisation
 from .model.backbone import VGGFeatures
 from .model.haloae import HaloAE
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "wsi-haloae/train-state/1"
-MODEL_FORMAT = "wsi-haloae/model/1"
+MODEL_FORMAT = "wsi-haloae/model/2"  # 2: median map, training scores per normalisation
 MODEL_FILE = "model.safetensors"
 _TRAIN_STATE_KEYS = ("model", "optimizer", "epoch", "config", "rng")
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def save_train_state(path: Path, state: Mapping[str, Any]) -> None:
@@ -66,7 +55,7 @@ def save_train_state(path: Path, state: Mapping[str, Any]) -> None:
     rng (torch CPU RNG state), optionally kendall and cuda_rng. Format and version are added.
     """
     payload = {"format": TRAIN_STATE_FORMAT, "version": __version__, **state}
-    _write_atomically(path, lambda handle: torch.save(payload, handle))
+    write_atomically(path, lambda handle: torch.save(payload, handle), durable=True)
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
@@ -87,45 +76,66 @@ def load_train_state(path: Path) -> dict[str, Any]:
 
 
 def save_trained(
-    path: Path, model: HaloAE, config: TrainConfig, mean_map: Tensor, train_scores: Tensor
+    path: Path,
+    model: HaloAE,
+    config: TrainConfig,
+    reference_maps: Mapping[str, Tensor],
+    train_scores: Mapping[str, Tensor],
 ) -> None:
-    """Write the trained model atomically as safetensors: weights, mean_map (S, S), train_scores (N,)."""
+    """Write the trained model atomically as safetensors: weights and, per normalisation (mean,
+    median), the reference map (S, S) as `<name>_map` and the training tiles' scores (N,) as
+    `train_scores.<name>`."""
     size_px = config.model.image_size_px
-    if tuple(mean_map.shape) != (size_px, size_px) or train_scores.ndim != 1:
-        raise ValueError(f"mean_map must be ({size_px}, {size_px}) and train_scores 1-D")
+    if sorted(reference_maps) != sorted(NORMALISATIONS) or sorted(train_scores) != sorted(NORMALISATIONS):
+        raise ValueError(f"reference_maps and train_scores must have one entry for each of {NORMALISATIONS}")
+    if any(tuple(m.shape) != (size_px, size_px) for m in reference_maps.values()):
+        raise ValueError(f"reference maps must be ({size_px}, {size_px})")
+    if any(scores.ndim != 1 for scores in train_scores.values()):
+        raise ValueError("train_scores must be 1-D")
     # Clones: safetensors refuses tensors sharing storage and wants the default memory format.
     tensors = {
         f"model.{key}": value.detach().cpu().clone(memory_format=torch.contiguous_format)
         for key, value in model.state_dict().items()
     }
-    tensors["mean_map"] = mean_map.detach().float().cpu().contiguous()
-    tensors["train_scores"] = train_scores.detach().float().cpu().contiguous()
+    for name in NORMALISATIONS:
+        tensors[f"{name}_map"] = reference_maps[name].detach().float().cpu().contiguous()
+        tensors[f"train_scores.{name}"] = train_scores[name].detach().float().cpu().contiguous()
     metadata = {"format": MODEL_FORMAT, "version": __version__, "config": json.dumps(to_dict(config))}
     blob = safetensors_bytes(tensors, metadata=metadata)
-    _write_atomically(path, lambda handle: handle.write(blob))
+    write_atomically(path, blob, durable=True)
 
 
 @dataclass
 class TrainedModel:
     """A trained HaloAE ready for inference (eval mode), with what its anomaly maps need.
 
-    `mean_map` (S, S) is subtracted from raw anomaly maps (`anomaly_map(error, S, mean_map)`);
-    `train_scores` (N,) are the training tiles' image scores (mean of the normalised map), the
-    reference distribution for thresholds.
+    `mean_map` and `median_map` (S, S) are the per-pixel mean and median anomaly maps of the
+    training tiles, the references raw maps are made relative to
+    (`anomaly_map(error, S, reference_map(normalisation))`); `train_scores[normalisation]` (N,) are
+    the training tiles' image scores relative to that reference, the distribution thresholds
+    come from.
     """
 
     model: HaloAE
     config: TrainConfig
     mean_map: Tensor
-    train_scores: Tensor
+    median_map: Tensor
+    train_scores: dict[str, Tensor]
     run_dir: Path
 
-    def threshold(self, percentile: float | None = None) -> float:
-        """The `percentile` (0-100; default `config.score_percentile`) of the training scores."""
+    def reference_map(self, normalisation: Normalisation) -> Tensor:
+        """The training map anomaly maps are made relative to: the mean (the paper's) or the median."""
+        if normalisation not in NORMALISATIONS:
+            raise ConfigError(f"normalisation {normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
+        return self.mean_map if normalisation == "mean" else self.median_map
+
+    def threshold(self, percentile: float | None = None, normalisation: Normalisation = "mean") -> float:
+        """The `percentile` (0-100; default `config.score_percentile`) of the training scores
+        normalised by `normalisation`."""
         q = self.config.score_percentile if percentile is None else percentile
         if not 0.0 <= q <= 100.0:
             raise ConfigError(f"threshold percentile is {q}; use a value between 0 and 100")
-        return float(np.percentile(self.train_scores.double().cpu().numpy(), q))
+        return float(np.percentile(self.train_scores[normalisation].double().cpu().numpy(), q))
 
 
 def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -149,19 +159,28 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated ({_first_line(exc)}); {fix}") from None
-    if metadata.get("format") != MODEL_FORMAT:
+    stored_format = metadata.get("format", "")
+    if stored_format.startswith("wsi-haloae/model/") and stored_format != MODEL_FORMAT:
+        raise CheckpointError(
+            f"{file} is a wsi-haloae model of format {stored_format!r}; this version reads {MODEL_FORMAT!r}: "
+            "re-train it with this version"
+        )
+    if stored_format != MODEL_FORMAT:
         raise CheckpointError(f"{file} is not a wsi-haloae model (no '{MODEL_FORMAT}' format tag); {fix}")
     config = _stored_config(file, metadata)
 
-    mean_map = tensors.pop("mean_map", None)
-    train_scores = tensors.pop("train_scores", None)
-    if mean_map is None or train_scores is None:
-        raise CheckpointError(f"{file} lacks mean_map or train_scores (training did not finish?); {fix}")
+    maps = {name: tensors.pop(f"{name}_map", None) for name in NORMALISATIONS}
+    train_scores = {name: tensors.pop(f"train_scores.{name}", None) for name in NORMALISATIONS}
+    absent = [f"{name}_map" for name, v in maps.items() if v is None]
+    absent += [f"train_scores.{name}" for name, v in train_scores.items() if v is None]
+    if absent:
+        raise CheckpointError(f"{file} lacks {absent[0]} (training did not finish?); {fix}")
     size_px = config.model.image_size_px
-    if tuple(mean_map.shape) != (size_px, size_px):
-        raise CheckpointError(
-            f"{file}: mean_map is {tuple(mean_map.shape)} but its config says {size_px} px images; {fix}"
-        )
+    for name, value in maps.items():
+        if tuple(value.shape) != (size_px, size_px):
+            raise CheckpointError(
+                f"{file}: {name}_map is {tuple(value.shape)} but its config says {size_px} px images; {fix}"
+            )
     unknown = sorted(k for k in tensors if not k.startswith("model."))
     if unknown:
         raise CheckpointError(f"{file} holds an unknown tensor '{unknown[0]}'; {fix}")
@@ -178,12 +197,16 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     model.to(device).eval()
     log.info(
         "loaded %s: %d px tiles, %d training scores, written by wsi-haloae %s",
-        file, size_px, train_scores.numel(), metadata.get("version", "?"),
+        file,
+        size_px,
+        train_scores["mean"].numel(),
+        metadata.get("version", "?"),
     )
     return TrainedModel(
         model=model,
         config=config,
-        mean_map=mean_map.to(device),
+        mean_map=maps["mean"].to(device),
+        median_map=maps["median"].to(device),
         train_scores=train_scores,
         run_dir=file.parent,
     )

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from .config import HeatmapConfig
 from .errors import CohortError, ConfigError, OutputError, WsiHaloaeError
+from .files import write_atomically
 from .infer import available_cores
 from .tiles import TileConfig, check_tile_job, plan_slide, sample_tiles, tile_slide
 
@@ -90,7 +91,9 @@ def expand_slides(specs: Sequence[str | Path]) -> list[Path]:
         elif glob.has_magic(spec) and not Path(spec).exists():
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
-                raise ConfigError(f"no file matches {spec!r}; check the pattern (quote it so the shell leaves it)")
+                raise ConfigError(
+                    f"no file matches {spec!r}; check the pattern (quote it so the shell leaves it)"
+                )
             slides.extend(Path(m) for m in matches)
         else:
             slides.append(Path(spec))
@@ -189,10 +192,17 @@ def _engine(run: Path, cfg: HeatmapConfig) -> tuple[Any, Any]:
     from .train import resolve_device
 
     device = resolve_device(cfg.device)
-    key = (str(run), str(device), cfg.batch_size, cfg.bf16, cfg.compile)
+    key = (str(run), str(device), cfg.batch_size, cfg.bf16, cfg.compile, cfg.normalisation)
     if key not in _ENGINES:
         trained = load_trained(run, device)
-        engine = InferenceEngine(trained, device, batch_size=cfg.batch_size, bf16=cfg.bf16, compile=cfg.compile)
+        engine = InferenceEngine(
+            trained,
+            device,
+            batch_size=cfg.batch_size,
+            bf16=cfg.bf16,
+            compile=cfg.compile,
+            normalisation=cfg.normalisation,
+        )
         _ENGINES.clear()  # one model at a time: a worker's memory is for slides
         _ENGINES[key] = (trained, engine)
     return _ENGINES[key]
@@ -295,7 +305,10 @@ def _executor(
         with client:
             workers = len(client.scheduler_info()["workers"])
             if workers == 0:
-                raise ConfigError(f"the dask cluster at {scheduler} has no workers; start some with `dask worker {scheduler}`")
+                raise ConfigError(
+                    f"the dask cluster at {scheduler} has no workers; "
+                    f"start some with `dask worker {scheduler}`"
+                )
             log.info("cohort on %s: %d workers, dashboard %s", scheduler, workers, client.dashboard_link)
             yield _Executor(client, workers, 0, None)
         return
@@ -306,9 +319,21 @@ def _executor(
         raise ConfigError(f"--dask-workers {n_workers} must be at least 1")
     workers = n_workers or gpus or max(1, available_cores() // 4)
     # Tile readers are child processes: dask's default daemonic workers may not have children.
-    settings = {"distributed.worker.daemon": False, "distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
-    with dask.config.set(settings), _local_cluster(workers, gpus, dashboard_address) as cluster, Client(cluster) as client:
-        log.info("cohort on a local cluster: %d %s workers, dashboard %s", workers, "GPU" if gpus else "CPU", client.dashboard_link)
+    settings = {
+        "distributed.worker.daemon": False,
+        "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+    }
+    with (
+        dask.config.set(settings),
+        _local_cluster(workers, gpus, dashboard_address) as cluster,
+        Client(cluster) as client,
+    ):
+        log.info(
+            "cohort on a local cluster: %d %s workers, dashboard %s",
+            workers,
+            "GPU" if gpus else "CPU",
+            client.dashboard_link,
+        )
         yield _Executor(client, workers, gpus, None if gpus else max(1, available_cores() // workers))
 
 
@@ -373,7 +398,9 @@ def _run(
         from distributed import as_completed
 
         futures = {
-            executor.client.submit(function, *args, key=f"{function.__name__[1:]}-{path.name}-{os.urandom(4).hex()}", pure=False): path
+            executor.client.submit(
+                function, *args, key=f"{function.__name__[1:]}-{path.name}-{os.urandom(4).hex()}", pure=False
+            ): path
             for path, (function, args) in tasks.items()
         }
         for future in as_completed(futures):
@@ -430,9 +457,7 @@ class _Table:
         writer.writerow(names)
         for row in rows:
             writer.writerow([_cell(getattr(row, name)) for name in names])
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, buffer.getvalue().encode())
 
 
 def _cell(value: Any) -> str:
@@ -459,7 +484,8 @@ def _unique_stems(slides: Sequence[str | Path]) -> list[Path]:
     for path in paths:
         if path.stem in stems:
             raise ConfigError(
-                f"{stems[path.stem]} and {path} share the name {path.stem!r}; run them into separate --out folders"
+                f"{stems[path.stem]} and {path} share the name {path.stem!r}; "
+                "run them into separate --out folders"
             )
         stems[path.stem] = path
     return paths
@@ -473,7 +499,9 @@ def _writable(out_dir: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write to {out} ({exc.strerror or exc}); choose a writable --out folder") from None
+        raise OutputError(
+            f"cannot write to {out} ({exc.strerror or exc}); choose a writable --out folder"
+        ) from None
     return out.resolve()
 
 

@@ -80,7 +80,9 @@ class HeatmapConfig:
     picks one that fits the device; `workers` None uses a tile reader process per spare core on
     CUDA and none on the CPU, where the model needs every core (0 reads in this process). The
     threshold is `threshold` if given, else the `threshold_percentile` (default: the model's
-    `score_percentile`) of the training scores stored with the model.
+    `score_percentile`) of the training scores stored with the model. `normalisation` makes
+    anomaly maps relative to the median training map (default) or the mean one (the paper's),
+    see `wsi_haloae.model.anomaly`.
     """
 
     mpp_um: float | None = None
@@ -97,6 +99,7 @@ class HeatmapConfig:
     bf16: bool = True  # autocast on CUDA only
     threshold: float | None = None
     threshold_percentile: float | None = None
+    normalisation: Literal["median", "mean"] = "median"
     min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
     simplify_px: float = 1.0  # outline simplification tolerance, heatmap px
     chunk_px: int = 512  # OME-Zarr chunk side; also the band height of streaming writes

@@ -71,12 +71,16 @@ def run_demo(out_dir: str | Path, *, size_px: int = 4096, seed: int = 0, progres
     for path, anomalies, slide_seed in ((normal_path, 0, seed + 1), (test_path, 6, seed + 2)):
         if not path.is_file():
             partial = path.with_name(path.name + ".partial")
-            write_synthetic_slide(partial, size_px, size_px, anomalies=anomalies, seed=slide_seed, progress=progress)
+            write_synthetic_slide(
+                partial, size_px, size_px, anomalies=anomalies, seed=slide_seed, progress=progress
+            )
             partial.replace(path)
     truth = plan_synthetic_slide(test_path, size_px, size_px, anomalies=6, seed=seed + 2)
     ground_truth = write_ground_truth(truth, out / "ground-truth")
 
-    write_tiles([normal_path], out / "tiles", TileConfig(mpp_um=TILE_MPP_UM, tile_size_px=64), progress=progress)
+    write_tiles(
+        [normal_path], out / "tiles", TileConfig(mpp_um=TILE_MPP_UM, tile_size_px=64), progress=progress
+    )
     run_dir = out / "run"
     cfg = from_dict(TrainConfig, DEMO_TRAIN, source="demo preset")
     cfg = dataclasses.replace(cfg, seed=seed)
@@ -90,10 +94,12 @@ def run_demo(out_dir: str | Path, *, size_px: int = 4096, seed: int = 0, progres
     with np.load(result.out_dir / SCORES_NAME) as scores:
         x_l0, y_l0, score = scores["x_l0"], scores["y_l0"], scores["score_mean"]
     # the truth of each tile on a 16 x 16 grid of its level-0 footprint
-    step = int(round(DEMO_TRAIN["model"]["image_size_px"] * TILE_MPP_UM / truth.texture_mpp_um)) // 16
+    step = round(DEMO_TRAIN["model"]["image_size_px"] * TILE_MPP_UM / truth.texture_mpp_um) // 16
     labels = np.array(
-        [anomaly_mask(truth, int(x), int(y), 16, downsample=step).mean() >= ANOMALOUS_FRACTION
-         for x, y in zip(x_l0, y_l0)]
+        [
+            anomaly_mask(truth, int(x), int(y), 16, downsample=step).mean() >= ANOMALOUS_FRACTION
+            for x, y in zip(x_l0, y_l0)
+        ]
     )
     value = auroc(score, labels) if 0 < labels.sum() < len(labels) else float("nan")
     return DemoResult(out, run_dir, result.out_dir, ground_truth, len(score), int(labels.sum()), value)

@@ -185,7 +185,10 @@ def evaluate_mvtec(
         groups[defect] = np.flatnonzero([s.defect_type in (GOOD, defect) for s in test])
     blocks = {
         name: score_set(
-            scores[rows], labels[rows], [pixel_maps[i] for i in rows], [masks[i] for i in rows],
+            scores[rows],
+            labels[rows],
+            [pixel_maps[i] for i in rows],
+            [masks[i] for i in rows],
             flip_labels=flip,
         )
         for name, rows in groups.items()
@@ -219,7 +222,12 @@ def evaluate_mvtec(
     overall = result["overall"]
     log.info(
         "%s (%s protocol): image AUROC %.4f, pixel AUROC %.4f, AUPRO %.4f -> %s",
-        category, protocol, overall["image_auroc"], overall["pixel_auroc"], overall["aupro"], out_dir,
+        category,
+        protocol,
+        overall["image_auroc"],
+        overall["pixel_auroc"],
+        overall["aupro"],
+        out_dir,
     )
     return result
 
@@ -453,8 +461,14 @@ def _plot_roc(
         label = f"AUROC {overall[f'{level}_auroc']:.4f}" + (" (labels flipped)" if flipped else "")
         ax.plot(fpr, tpr, lw=1.5, label=label)
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
-               title=f"{level} level", aspect="equal")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="false-positive rate",
+            ylabel="true-positive rate",
+            title=f"{level} level",
+            aspect="equal",
+        )
         ax.legend(loc="lower right")
     figure.suptitle(f"ROC, {title}")
     figure.savefig(path, dpi=100)
@@ -512,7 +526,7 @@ def _plot_examples(
             ax.contour(x, y, load_mask(sample.mask_path), levels=[0.5], colors="cyan", linewidths=1.0)
         ax.set_title(f"{sample.defect_type}: {image_score} score {scores[i]:.3g}", fontsize=9)
         ax.set_axis_off()
-    for ax in axes[len(picks):]:
+    for ax in axes[len(picks) :]:
         ax.set_axis_off()
     if shown is not None:
         figure.colorbar(shown, ax=axes.tolist(), shrink=0.8, label="anomaly map")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 
-from .errors import OutputError
+from .files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +177,7 @@ def write_feature_collection(path: str | Path, features: Sequence[Mapping[str, A
     text = json.dumps(
         {"type": "FeatureCollection", "features": list(features)}, allow_nan=False, separators=(",", ":")
     )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as tmp:
-                tmp.write(text)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror}); choose a writable --out") from None
+    write_atomically(path, text.encode("utf-8"))
     log.info("wrote %d features to %s", len(features), path)
     return path
 

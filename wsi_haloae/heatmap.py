@@ -50,6 +50,7 @@ from . import __version__
 from .checkpoint import MODEL_FILE, TrainedModel, load_trained, save_trained
 from .config import HeatmapConfig, TrainConfig, to_dict
 from .errors import ConfigError, OutputError, SlideError
+from .files import write_atomically
 from .geojson import anomaly_regions, region_features, tile_features, write_feature_collection
 from .grid import TileGrid
 from .infer import (
@@ -142,7 +143,14 @@ def heatmap_slides(
             pass
     device = resolve_device(cfg.device)
     trained = load_trained(run, device)
-    engine = InferenceEngine(trained, device, batch_size=cfg.batch_size, bf16=cfg.bf16, compile=cfg.compile)
+    engine = InferenceEngine(
+        trained,
+        device,
+        batch_size=cfg.batch_size,
+        bf16=cfg.bf16,
+        compile=cfg.compile,
+        normalisation=cfg.normalisation,
+    )
     return [heatmap_slide(path, trained, out_dir, cfg, progress, engine=engine) for path in paths]
 
 
@@ -168,7 +176,16 @@ def heatmap_slide(
     if engine is None:
         device = next(trained.model.parameters()).device
         engine = InferenceEngine(
-            trained, device, batch_size=cfg.batch_size, bf16=cfg.bf16, compile=cfg.compile
+            trained,
+            device,
+            batch_size=cfg.batch_size,
+            bf16=cfg.bf16,
+            compile=cfg.compile,
+            normalisation=cfg.normalisation,
+        )
+    elif engine.scorer.normalisation != cfg.normalisation:
+        raise ValueError(
+            f"the engine normalises by {engine.scorer.normalisation}, the config by {cfg.normalisation}"
         )
     timings: dict[str, float] = {}
     with open_slide(slide_path, backend=cfg.backend) as slide, output_lock(folder):
@@ -238,7 +255,7 @@ def heatmap_slide(
         timings["total_s"] = time.perf_counter() - started
         summary["timings_s"] = timings
         # written last: its presence marks the folder as finished
-        _write_atomically(folder / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
+        write_atomically(folder / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
     log.info(
         "%s: %d tiles, %d above %.4g, %d regions -> %s (%.1f s)",
         slide_path,
@@ -332,17 +349,19 @@ def _threshold(trained: TrainedModel, cfg: HeatmapConfig) -> tuple[float, str]:
     percentile = (
         trained.config.score_percentile if cfg.threshold_percentile is None else cfg.threshold_percentile
     )
-    value = trained.threshold(percentile)
-    return value, f"percentile {percentile:g} of {len(trained.train_scores)} training tile scores"
+    value = trained.threshold(percentile, cfg.normalisation)
+    count = len(trained.train_scores[cfg.normalisation])
+    return value, f"percentile {percentile:g} of {count} training tile scores ({cfg.normalisation})"
 
 
 def model_digest(trained: TrainedModel) -> str:
-    """SHA-256 of everything that decides a model's scores: its weights and mean map (the training
-    scores only set the default threshold, which the stored scores do not depend on)."""
+    """SHA-256 of everything that decides a model's scores: its weights and reference maps (the
+    training scores only set the default threshold, which the stored scores do not depend on)."""
     digest = hashlib.sha256()
     tensors = {
         **{f"model.{k}": v for k, v in trained.model.state_dict().items()},
         "mean_map": trained.mean_map,
+        "median_map": trained.median_map,
     }
     for name in sorted(tensors):
         value = tensors[name].detach().cpu().contiguous()
@@ -375,6 +394,7 @@ def _fingerprint(
         "min_tissue": cfg.min_tissue,
         "thumbnail_px": cfg.thumbnail_px,
         "precision": engine.precision,
+        "normalisation": engine.scorer.normalisation,
     }
 
 
@@ -482,7 +502,7 @@ def _resume_batch_size(resume_dir: Path, engine: InferenceEngine, cfg: HeatmapCo
             stored,
         )
     batch_size = engine.batch_size
-    _write_atomically(state_path, json.dumps({"batch_size": batch_size}).encode())
+    write_atomically(state_path, json.dumps({"batch_size": batch_size}).encode())
     return batch_size
 
 
@@ -495,7 +515,7 @@ def _save_band_scores(resume_dir: Path, band: int, selected: np.ndarray, results
         score_mean=np.concatenate([r.score_mean for r in results]) if results else np.zeros(0, np.float32),
         score_max=np.concatenate([r.score_max for r in results]) if results else np.zeros(0, np.float32),
     )
-    _write_atomically(resume_dir / f"band-{band:05d}.npz", buffer.getvalue())
+    write_atomically(resume_dir / f"band-{band:05d}.npz", buffer.getvalue())
 
 
 def _tile_scores(folder: Path, plan: _Plan, store: HeatmapStore) -> dict[str, np.ndarray]:
@@ -533,7 +553,7 @@ def _tile_scores(folder: Path, plan: _Plan, store: HeatmapStore) -> dict[str, np
     }
     buffer = io.BytesIO()
     np.savez(buffer, **scores)
-    _write_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
     shutil.rmtree(resume_dir, ignore_errors=True)
     return scores
 
@@ -703,17 +723,6 @@ def _result(
     )
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """`path` is either absent, old or complete, never partial (temporary file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({exc.strerror}); choose a writable --out") from None
-
-
 @dataclass(frozen=True)
 class HeatmapBench:
     """The heatmap benchmark: one `StageTiming` per row (end to end, each stage alone, the
@@ -786,7 +795,14 @@ def benchmark_heatmap(
             baseline = time_baseline(
                 trained, slide, grid, np.arange(min(baseline_tiles, len(grid))), torch_device
             )
-        engine = InferenceEngine(trained, torch_device, batch_size=batch_size, bf16=bf16, compile=compile)
+        engine = InferenceEngine(
+            trained,
+            torch_device,
+            batch_size=batch_size,
+            bf16=bf16,
+            compile=compile,
+            normalisation=cfg.normalisation,
+        )
         with _PeakMemory() as memory:
             heatmap_slide(path, trained, tmp / "out", cfg, progress, engine=engine)
         summary = json.loads((tmp / "out" / path.stem / SUMMARY_NAME).read_text())
@@ -900,5 +916,6 @@ def _untrained(config: TrainConfig, folder: Path, device: torch.device) -> Train
     torch.manual_seed(config.seed)
     model = HaloAE(config.model).eval()
     size = config.model.image_size_px
-    save_trained(folder / MODEL_FILE, model, config, torch.zeros(size, size), torch.zeros(1))
+    zeros = {name: torch.zeros(size, size) for name in ("mean", "median")}
+    save_trained(folder / MODEL_FILE, model, config, zeros, {name: torch.zeros(1) for name in zeros})
     return load_trained(folder, device)

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from .checkpoint import TrainedModel
 from .errors import ConfigError
 from .grid import TileGrid
-from .model.anomaly import anomaly_map, feature_error, image_scores
+from .model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
 from .slide import Slide
 from .stitch import HEATMAP_REDUCTION
 from .tiles import iter_tiles, read_tile
@@ -103,14 +103,20 @@ class TileScorer(nn.Module):
     """
 
     def __init__(
-        self, trained: TrainedModel, *, reduction: int = HEATMAP_REDUCTION, bf16: bool = False
+        self,
+        trained: TrainedModel,
+        *,
+        reduction: int = HEATMAP_REDUCTION,
+        bf16: bool = False,
+        normalisation: Normalisation = "mean",
     ) -> None:
         super().__init__()
+        self.normalisation = normalisation
         self.size_px = trained.config.model.image_size_px
         if self.size_px % reduction:
             raise ConfigError(f"the model's tile size {self.size_px} px is not a multiple of {reduction}")
         self.model = trained.model
-        self.register_buffer("mean_map", trained.mean_map.detach().float())
+        self.register_buffer("reference_map", trained.reference_map(normalisation).detach().float())
         self.reduction = reduction
         self.bf16 = bf16
         self.memory_format = torch.contiguous_format
@@ -121,7 +127,7 @@ class TileScorer(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.model(x, heads=False)
         error = feature_error(output.fm.float(), output.fm_hat.float())  # (N, F, F)
-        maps = anomaly_map(error, self.size_px, self.mean_map)  # (N, S, S)
+        maps = anomaly_map(error, self.size_px, self.reference_map)  # (N, S, S)
         score_mean, score_max = image_scores(maps)
         reduced = F.avg_pool2d(maps.unsqueeze(1), self.reduction).squeeze(1)  # (N, S/r, S/r)
         return reduced, score_mean, score_max
@@ -132,8 +138,9 @@ class InferenceEngine:
 
     On CUDA the model is moved to channels_last, runs under bf16 autocast (unless `bf16` is
     False) and cuDNN picks its fastest kernels; `compile` wraps the scorer in `torch.compile`.
-    `batch_size` None sizes batches to the device (`choose_batch_size`). Build it once per model
-    and process: compiled kernels and the chosen batch size are kept for every slide.
+    `batch_size` None sizes batches to the device (`choose_batch_size`); `normalisation` picks the
+    training map that anomaly maps are made relative to, mean or median (`model.anomaly`). Build it once per
+    model and process: compiled kernels and the chosen batch size are kept for every slide.
     """
 
     def __init__(
@@ -145,6 +152,7 @@ class InferenceEngine:
         bf16: bool = True,
         compile: bool = False,
         reduction: int = HEATMAP_REDUCTION,
+        normalisation: Normalisation = "mean",
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size {batch_size} must be at least 1")
@@ -153,7 +161,11 @@ class InferenceEngine:
         cuda = device.type == "cuda"
         self.precision = "bf16" if bf16 and cuda else "fp32"
         self.scorer = (
-            TileScorer(trained, reduction=reduction, bf16=self.precision == "bf16").to(device).eval()
+            TileScorer(
+                trained, reduction=reduction, bf16=self.precision == "bf16", normalisation=normalisation
+            )
+            .to(device)
+            .eval()
         )
         if cuda:
             self.scorer.model.to(memory_format=torch.channels_last)
@@ -361,7 +373,7 @@ class _SinkThread(threading.Thread):
             started = time.perf_counter()
             try:
                 self._sink(item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            except BaseException as exc:
                 self.error = exc
             self.busy_s += time.perf_counter() - started
 

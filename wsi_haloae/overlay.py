@@ -14,8 +14,6 @@ them). Rendering uses matplotlib's object API on an Agg canvas: no pyplot state,
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .errors import OutputError
+from .files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +144,9 @@ def save_overlay(
     path = Path(path)
     picture = Image.fromarray(render_overlay(thumbnail, heatmap, mask, **options))
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as tmp:
-                picture.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror}); choose a writable --out") from None
+    write_atomically(
+        path, lambda handle: picture.save(handle, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    )
     log.info("wrote overlay %s (%d x %d px)", path, picture.width, picture.height)
     return path
 

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from .errors import ConfigError, OutputError, SlideError
+from .files import write_atomically
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
 from .slide import Slide, open_slide
 from .tissue import (
@@ -267,7 +268,7 @@ def _read_worker(
     try:
         try:
             slide = open_slide(path, backend=backend)
-        except Exception as exc:  # noqa: BLE001 - any failure goes to the consumer, which raises it
+        except Exception as exc:
             done.put((-1, -1, f"{type(exc).__name__}: {exc}"))
             return
         with slide:
@@ -287,7 +288,7 @@ def _read_worker(
                         return
                     try:
                         ring[slot, row] = read_tile(slide, grid, int(x_l0), int(y_l0))
-                    except Exception as exc:  # noqa: BLE001 - reported with the tile, raised by the consumer
+                    except Exception as exc:
                         error = _tile_failure(index, x_l0, y_l0, grid, exc)
                         break
                 done.put((batch_no, slot, error))
@@ -409,7 +410,7 @@ def tile_slide(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig, bar: tqdm |
     if bar is not None:
         bar.update(len(picked) - len(missing))
     written = _write_slide_tiles(plan, missing, cfg, bar)
-    _write_atomically(manifest, text.encode())
+    write_atomically(manifest, text.encode())
     log.info("%s: %d tiles in %s", plan.slide, len(picked), plan.folder)
     return SlideTiles(plan.slide, plan.folder, manifest, len(picked), written, False)
 
@@ -434,7 +435,8 @@ def check_tile_job(slides: list[Path], out_dir: Path, cfg: TileConfig) -> None:
     for path in slides:
         if path.stem in stems:
             raise ConfigError(
-                f"{stems[path.stem]} and {path} share the name {path.stem!r}; tile them into separate --out folders"
+                f"{stems[path.stem]} and {path} share the name {path.stem!r}; "
+                "tile them into separate --out folders"
             )
         stems[path.stem] = path
     if cfg.max_tiles is not None and cfg.max_tiles < 1:
@@ -582,11 +584,4 @@ def _save_tile(image: np.ndarray, path: Path, cfg: TileConfig) -> None:
         Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     else:
         Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-    _write_atomically(path, buffer.getvalue())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either absent or complete, never partial."""
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomically(path, buffer.getvalue())

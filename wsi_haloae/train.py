@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -44,12 +45,14 @@ from .config import TrainConfig, to_dict
 from .data import EpochSampler, TileDataset, TripletDataset, find_tiles
 from .errors import CheckpointError, ConfigError, OutputError
 from .losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss
-from .model.anomaly import anomaly_map, feature_error, image_scores
+from .model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
 from .model.haloae import HaloAE
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# Tiles whose maps make the median reference map: 1024 maps of 256 x 256 px are 256 MiB
+MEDIAN_SAMPLE = 1024
 # Fields that may differ between a run and its resumption: they do not change what is computed
 # (the backbone's weights travel in the checkpoint, whatever the config says to start from).
 _RESUME_MAY_CHANGE = ("workers", "device", "score_percentile", "model.backbone_weights")
@@ -138,14 +141,21 @@ def train(
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(
             "training on %s: %d tiles, %d steps/epoch of %d triplets, %.2f M trainable parameters, bf16 %s",
-            device, len(tile_set), steps_per_epoch, cfg.batch_size, trainable / 1e6,
+            device,
+            len(tile_set),
+            steps_per_epoch,
+            cfg.batch_size,
+            trainable / 1e6,
             "on" if use_bf16 else "off",
         )
 
         # ---- the loop
         bar = tqdm(
-            total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-            disable=not progress, unit="step", dynamic_ncols=True,
+            total=cfg.epochs * steps_per_epoch,
+            initial=start_epoch * steps_per_epoch,
+            disable=not progress,
+            unit="step",
+            dynamic_ncols=True,
         )
         schedule = ews_weights if cfg.weighting == "ews" else equal_weights
         for epoch in range(start_epoch, cfg.epochs):
@@ -170,11 +180,13 @@ def train(
                 fm = output.fm.float().unflatten(0, (-1, 3))[:, 0]
                 fm_hat = output.fm_hat.float().unflatten(0, (-1, 3))[:, 0]
                 image_hat = output.image_hat.float().unflatten(0, (-1, 3))[:, 0]
-                terms = torch.stack([
-                    F.cross_entropy(output.logits.float(), labels),
-                    reconstruction_loss(fm_hat, fm),
-                    reconstruction_loss(image_hat, model.normalise(originals)),
-                ])
+                terms = torch.stack(
+                    [
+                        F.cross_entropy(output.logits.float(), labels),
+                        reconstruction_loss(fm_hat, fm),
+                        reconstruction_loss(image_hat, model.normalise(originals)),
+                    ]
+                )
                 if kendall is None:
                     loss = (alpha * terms).sum()
                 else:  # learned weights 1/σ² of the terms switched on
@@ -198,10 +210,17 @@ def train(
             mean_loss, mean_cls, mean_fm, mean_im = (sums / steps_per_epoch).tolist()
             a_cls, a_fm, a_im = alpha.tolist()
             record = {
-                "epoch": epoch, "loss": mean_loss,
-                "loss_cls": mean_cls, "loss_fm": mean_fm, "loss_im": mean_im,
-                "alpha_cls": a_cls, "alpha_fm": a_fm, "alpha_im": a_im, "lr": cfg.lr,
-                "seconds": seconds, "images_per_s": 3 * cfg.samples_per_epoch / seconds,
+                "epoch": epoch,
+                "loss": mean_loss,
+                "loss_cls": mean_cls,
+                "loss_fm": mean_fm,
+                "loss_im": mean_im,
+                "alpha_cls": a_cls,
+                "alpha_fm": a_fm,
+                "alpha_im": a_im,
+                "lr": cfg.lr,
+                "seconds": seconds,
+                "images_per_s": 3 * cfg.samples_per_epoch / seconds,
             }
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -219,22 +238,39 @@ def train(
             save_train_state(checkpoint_path, state)
             log.info(
                 "epoch %d/%d: loss %.4f (cls %.4f, fm %.4f, im %.4f), α %.3f/%.3f/%.3f, %.1f images/s",
-                epoch + 1, cfg.epochs, mean_loss, mean_cls, mean_fm, mean_im, a_cls, a_fm, a_im,
+                epoch + 1,
+                cfg.epochs,
+                mean_loss,
+                mean_cls,
+                mean_fm,
+                mean_im,
+                a_cls,
+                a_fm,
+                a_im,
                 record["images_per_s"],
             )
         bar.close()
         del loader  # stops its persistent workers before the calibration pass starts its own
 
         # ---- normalisation map and score distribution of the training tiles
-        mean_map, train_scores = calibrate(
-            model, tile_set, device, batch_size=3 * cfg.batch_size, workers=cfg.workers,
-            bf16=use_bf16, channels_last=channels_last, progress=progress,
+        reference_maps, train_scores = calibrate(
+            model,
+            tile_set,
+            device,
+            batch_size=3 * cfg.batch_size,
+            workers=cfg.workers,
+            bf16=use_bf16,
+            channels_last=channels_last,
+            progress=progress,
         )
-        save_trained(out / MODEL_FILE, model, cfg, mean_map, train_scores)
+        save_trained(out / MODEL_FILE, model, cfg, reference_maps, train_scores)
+        scores = train_scores["median"].double()
         log.info(
-            "model written to %s; training scores: median %.4g, p%g %.4g",
-            out / MODEL_FILE, train_scores.median().item(), cfg.score_percentile,
-            torch.quantile(train_scores.double(), cfg.score_percentile / 100).item(),
+            "model written to %s; training scores (median map): median %.4g, p%g %.4g",
+            out / MODEL_FILE,
+            scores.median().item(),
+            cfg.score_percentile,
+            torch.quantile(scores, cfg.score_percentile / 100).item(),
         )
     return out
 
@@ -250,12 +286,14 @@ def calibrate(
     bf16: bool = False,
     channels_last: bool = False,
     progress: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """The mean anomaly map of `tiles` and their image scores normalised by it, without augmentation.
+) -> tuple[dict[Normalisation, Tensor], dict[Normalisation, Tensor]]:
+    """The reference anomaly maps of `tiles` and their image scores relative to each, without augmentation.
 
-    Returns mean_map (S, S), the average of `anomaly_map(feature_error(fm, fm_hat), S)` over the
-    tiles, and scores (N,) on the CPU: the mean of `anomaly_map(error, S, mean_map)` per tile. Two
-    passes over the tiles (the second needs the finished mean), blocks B and C only.
+    Returns, per normalisation, the reference map (S, S): "mean", the average of
+    `anomaly_map(feature_error(fm, fm_hat), S)` over the tiles; "median", their per-pixel median
+    over at most `MEDIAN_SAMPLE` tiles spread evenly over the set; and the scores (N,) on the
+    CPU: the mean of `anomaly_map(error, S, reference)` per tile. Two passes over the tiles (the
+    second needs the finished references), blocks B and C only.
     """
     model.eval()
     loader = DataLoader(tiles, batch_size=batch_size, shuffle=False, **_loader_options(workers, device))
@@ -271,11 +309,24 @@ def calibrate(
             yield feature_error(output.fm.float(), output.fm_hat.float())
 
     total = torch.zeros(size_px, size_px, dtype=torch.float64, device=device)
-    for error in errors("mean anomaly map"):
+    # an even spread, not a random draw: the same tiles whatever the seed or the batch size
+    sampled = set(np.linspace(0, len(tiles) - 1, min(len(tiles), MEDIAN_SAMPLE)).round().astype(int).tolist())
+    kept: list[Tensor] = []  # feature-resolution errors of the sampled tiles
+    start = 0
+    for error in errors("reference maps"):
         total += anomaly_map(error, size_px).sum(0, dtype=torch.float64)
-    mean_map = (total / len(tiles)).float()
-    scores = [image_scores(anomaly_map(error, size_px, mean_map))[0] for error in errors("training scores")]
-    return mean_map, torch.cat(scores).cpu()
+        rows = [i for i in range(len(error)) if start + i in sampled]
+        kept.append(error[rows].cpu())
+        start += len(error)
+    references = {
+        "mean": (total / len(tiles)).float(),
+        "median": anomaly_map(torch.cat(kept), size_px).median(dim=0).values.to(device),
+    }
+    scores: dict[Normalisation, list[Tensor]] = {name: [] for name in NORMALISATIONS}
+    for error in errors("training scores"):
+        for name in NORMALISATIONS:
+            scores[name].append(image_scores(anomaly_map(error, size_px, references[name]))[0])
+    return references, {name: torch.cat(values).cpu() for name, values in scores.items()}
 
 
 def resolve_device(name: str) -> torch.device:

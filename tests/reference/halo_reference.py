@@ -40,12 +40,14 @@ def reference_halo_attention(layer, x):
                 block = block_row * blocks_x + block_col
                 y0, x0 = block_row * b, block_col * b
                 # the window's keys that lie inside the map: their place in the window, row, column
-                slots, rows, cols = zip(*[  # noqa: B905 (one iterable)
-                    (wy * win + wx, y0 - h + wy, x0 - h + wx)
-                    for wy in range(win)
-                    for wx in range(win)
-                    if 0 <= y0 - h + wy < height and 0 <= x0 - h + wx < width
-                ])
+                slots, rows, cols = zip(
+                    *[
+                        (wy * win + wx, y0 - h + wy, x0 - h + wx)
+                        for wy in range(win)
+                        for wx in range(win)
+                        if 0 <= y0 - h + wy < height and 0 <= x0 - h + wx < width
+                    ]
+                )
                 slots, rows, cols = torch.tensor(slots), torch.tensor(rows), torch.tensor(cols)
                 for head in range(heads):
                     channels = slice(head * d, (head + 1) * d)

@@ -26,7 +26,10 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: finished work is kept; rerun the same command to resume (train: add --resume)", err=True)
+            click.echo(
+                "interrupted: finished work is kept; rerun the same command to resume (train: add --resume)",
+                err=True,
+            )
             ctx.exit(130)
 
 
@@ -37,7 +40,9 @@ class _Group(click.Group):
 def main(verbose: int, quiet: bool) -> None:
     """Find abnormal regions of whole-slide images with HaloAE, without annotations."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     # dask reads this when distributed is first imported, in this process and in its workers
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if verbose > 1 else "warning")
     for noisy in ("distributed", "PIL", "matplotlib", "asyncio", "numcodecs", "fsspec", "tifffile"):

@@ -9,26 +9,41 @@ import click
 
 @click.command("evaluate")
 @click.option(
-    "--data", required=True, type=click.Path(path_type=Path),
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
     help="Data set root in MVTec-AD layout (ROOT/CATEGORY/train/good, test/..., ground_truth/...).",
 )
 @click.option("--category", required=True, help="Category folder under --data, e.g. carpet.")
 @click.option(
-    "--model", "run", required=True, type=click.Path(path_type=Path),
+    "--model",
+    "run",
+    required=True,
+    type=click.Path(path_type=Path),
     help="Training run folder (or its model.safetensors).",
 )
 @click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
     help="Output folder; results go to OUT/<protocol>/.",
 )
 @click.option(
-    "--protocol", type=click.Choice(["honest", "official"]), default="honest", show_default=True,
+    "--protocol",
+    type=click.Choice(["honest", "official"]),
+    default="honest",
+    show_default=True,
     help="honest: training-set normalisation, mean score, full-resolution pixels, no label flipping. "
     "official: the official HaloAE scoring's choices, for comparison with the paper.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Test images per forward pass.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Test images per forward pass.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def evaluate_command(
     data: Path,
@@ -49,7 +64,12 @@ def evaluate_command(
     mvtec_index(data, category)  # a wrong root or category fails here, before the model loads
     trained = load_trained(run, resolve_device(device))
     result = evaluate_mvtec(
-        trained, data, category, out, protocol=protocol, batch_size=batch_size,  # type: ignore[arg-type]
+        trained,
+        data,
+        category,
+        out,
+        protocol=protocol,
+        batch_size=batch_size,  # type: ignore[arg-type]
         progress=progress,
     )
     overall = result["overall"]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-
 SCHEDULER_HELP = (
     "Run a cohort on dask: local (a local cluster, one worker per GPU or CPU workers), "
     "tcp://host:8786 (a running cluster) or none (one by one here). Default: local for many "
@@ -21,8 +20,17 @@ def cohort_options(command: click.Command) -> click.Command:
     for option in reversed(
         [
             click.option("--scheduler", help=SCHEDULER_HELP),
-            click.option("--dask-workers", type=int, help="Workers of --scheduler local (default: one per GPU, else cores/4)."),
-            click.option("--dashboard", default=":8787", show_default=True, help="Dask dashboard address of --scheduler local."),
+            click.option(
+                "--dask-workers",
+                type=int,
+                help="Workers of --scheduler local (default: one per GPU, else cores/4).",
+            ),
+            click.option(
+                "--dashboard",
+                default=":8787",
+                show_default=True,
+                help="Dask dashboard address of --scheduler local.",
+            ),
         ]
     ):
         command = option(command)
@@ -75,6 +83,11 @@ def cohort_options(command: click.Command) -> click.Command:
     help="Anomaly threshold (default: the model's high percentile of its training tile scores).",
 )
 @cohort_options
+@click.option(
+    "--normalisation",
+    type=click.Choice(["median", "mean"]),
+    help="Score |map - training map| against the median training map (default) or the mean (the paper's).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def heatmap_command(
     slides: tuple[str, ...],
@@ -93,6 +106,7 @@ def heatmap_command(
     compile_model: bool | None,
     no_bf16: bool,
     threshold: float | None,
+    normalisation: str | None,
     scheduler: str | None,
     dask_workers: int | None,
     dashboard: str,
@@ -125,16 +139,25 @@ def heatmap_command(
         backend=backend,
         compile=compile_model,
         threshold=threshold,
+        normalisation=normalisation,
         bf16=False if no_bf16 else None,
     )
     paths = expand_slides(slides)
     if scheduler is not None or len(paths) > 1:
         rows = heatmap_cohort(
-            paths, run, out, cfg, scheduler=scheduler or "local", n_workers=dask_workers,
-            dashboard_address=dashboard, progress=progress,
+            paths,
+            run,
+            out,
+            cfg,
+            scheduler=scheduler or "local",
+            n_workers=dask_workers,
+            dashboard_address=dashboard,
+            progress=progress,
         )
         done = sum(row.status == "done" for row in rows)
-        click.echo(f"{len(rows)} slides: {done} scored now, {len(rows) - done} already done -> {out / 'cohort.csv'}")
+        click.echo(
+            f"{len(rows)} slides: {done} scored now, {len(rows) - done} already done -> {out / 'cohort.csv'}"
+        )
         return
     for result in heatmap_slides(paths, run, out, cfg, progress=progress):
         click.echo(

@@ -95,7 +95,13 @@ def tile_command(
     paths = expand_slides(slides)
     if scheduler is not None or len(paths) > 1:
         rows = tile_cohort(
-            paths, out, cfg, scheduler=scheduler or "local", n_workers=dask_workers, dashboard_address=dashboard, progress=progress
+            paths,
+            out,
+            cfg,
+            scheduler=scheduler or "local",
+            n_workers=dask_workers,
+            dashboard_address=dashboard,
+            progress=progress,
         )
         tiles = sum(row.tiles or 0 for row in rows)
         click.echo(f"{len(rows)} slides: {tiles} tiles -> {out / 'cohort.csv'}")

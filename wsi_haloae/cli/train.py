@@ -10,7 +10,9 @@ import click
 
 @click.command("train")
 @click.option(
-    "--tiles", required=True, type=click.Path(path_type=Path),
+    "--tiles",
+    required=True,
+    type=click.Path(path_type=Path),
     help="Tile folder (from `wsi-haloae tile`, or any PNG/JPEG folder), a tile manifest CSV, "
     "or an MVTec-AD category folder (its train/good).",
 )
@@ -18,7 +20,9 @@ import click
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder to write."
 )
 @click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="TrainConfig YAML (default: the paper's recipe; with --resume: the run's config.yaml).",
 )
 @click.option("--epochs", type=int, help="Override the number of epochs.")

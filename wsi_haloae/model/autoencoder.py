@@ -102,8 +102,12 @@ class HaloBottleneck(nn.Module):
         self.attn: nn.Module
         if block_c == "halo":
             self.attn = HaloAttention(
-                spec.mid_ch, heads=spec.heads, dim_head=dim_head,
-                block_size=block_size, halo_size=halo_size, attention=attention,
+                spec.mid_ch,
+                heads=spec.heads,
+                dim_head=dim_head,
+                block_size=block_size,
+                halo_size=halo_size,
+                attention=attention,
             )
         else:
             self.attn = nn.Conv2d(spec.mid_ch, spec.mid_ch, 3, padding=1)
@@ -144,10 +148,17 @@ class HaloAutoencoder(nn.Module):
                     mid_ch=scaled(spec.mid_ch),
                     out_ch=fm_channels if last else scaled(spec.out_ch),
                 )
-                built.append(HaloBottleneck(
-                    spec, transposed=transposed, block_c=cfg.block_c, attention=cfg.attention,
-                    block_size=cfg.block_size, halo_size=cfg.halo_size, dim_head=cfg.dim_head,
-                ))
+                built.append(
+                    HaloBottleneck(
+                        spec,
+                        transposed=transposed,
+                        block_c=cfg.block_c,
+                        attention=cfg.attention,
+                        block_size=cfg.block_size,
+                        halo_size=cfg.halo_size,
+                        dim_head=cfg.dim_head,
+                    )
+                )
             return nn.Sequential(*built)
 
         self.head = nn.Sequential(

@@ -28,8 +28,11 @@ class ImageDecoder(nn.Module):
             layers += [_conv3x3(channels, max(1, channels // 2)), nn.ReLU(inplace=True)]
             channels = max(1, channels // 2)
         layers += [
-            _conv3x3(channels, 3), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2, mode="nearest"),
-            _conv3x3(3, 3), nn.Upsample(scale_factor=2, mode="nearest"),
+            _conv3x3(channels, 3),
+            nn.ReLU(inplace=True),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            _conv3x3(3, 3),
+            nn.Upsample(scale_factor=2, mode="nearest"),
         ]
         self.layers = nn.Sequential(*layers)
 
