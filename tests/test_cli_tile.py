@@ -118,7 +118,9 @@ def test_unwritable_output_and_conflicting_options(small_slide, tmp_path: Path) 
 def test_bench_tiling_prints_a_table(small_slide) -> None:
     result = CliRunner().invoke(main, ["bench", "tiling", str(small_slide.path), "--workers", "1"])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
+    head, table = result.stdout.strip().split("\n\n")
+    assert head.startswith("- date: 20") and "cores" in head and "- command: `" in head
+    lines = table.splitlines()
     assert lines[0].startswith("| reader | workers | tiles | seconds |")
     assert lines[2].startswith("| read_region | 0 | 48 |") and lines[3].startswith("| iter_tiles | 1 | 48 |")
     bad = CliRunner().invoke(main, ["bench", "tiling", "--size", "big", "--workers", "1"])

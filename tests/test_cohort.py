@@ -8,13 +8,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import cloudpickle
 import numpy as np
 import pytest
-import torch
 import zarr
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
@@ -37,12 +36,7 @@ CFG = HeatmapConfig(mpp_um=1.0, workers=0, batch_size=4, chunk_px=8, min_region_
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_model_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the cohort's workers run on 2 cores: compared byte for byte
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

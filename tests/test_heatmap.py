@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pytest
-import torch
 import zarr
 from click.testing import CliRunner
 from safetensors import safe_open
@@ -54,14 +53,7 @@ CFG = HeatmapConfig(mpp_um=1.0, workers=0, batch_size=8, chunk_px=12, min_region
 COARSE = dataclasses.replace(CFG, mpp_um=2.0, chunk_px=4, batch_size=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_model_thread() -> Iterator[None]:
-    """One torch thread: CPU results depend on the thread count (runs compared byte for byte must
-    share it), and on a few shared cores one thread is the fastest."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

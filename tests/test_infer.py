@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +38,7 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_model_thread() -> Iterator[None]:
-    """One torch thread: CPU results depend on the thread count (runs compared byte for byte must
-    share it), and on a few shared cores one thread is the fastest."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

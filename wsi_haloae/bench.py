@@ -6,8 +6,11 @@ processes, against N times a plain single-process `read_region` loop over the sa
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import platform
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,6 +47,27 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def provenance(accelerator: str = "no GPU") -> str:
+    """The lines that make a benchmark table citable: date, machine and the command that ran."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return (
+        f"- date: {datetime.date.today().isoformat()}\n"
+        f"- machine: {_cpu_model()}, {available_cpus()} cores, {accelerator}, "
+        f"Python {platform.python_version()}\n"
+        f"- command: `{command}`\n"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def benchmark_tiling(

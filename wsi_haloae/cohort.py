@@ -33,8 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import HeatmapConfig
-from .errors import CohortError, ConfigError, OutputError, WsiHaloaeError
-from .files import write_atomically
+from .errors import CohortError, ConfigError, WsiHaloaeError
+from .files import check_unique_stems, ensure_writable_dir, write_atomically
 from .infer import available_cores
 from .tiles import TileConfig, check_tile_job, plan_slide, sample_tiles, tile_slide
 
@@ -122,8 +122,9 @@ def heatmap_cohort(
     """
     from .checkpoint import load_trained
 
-    paths = _unique_stems(slides)
-    out = _writable(out_dir)
+    paths = expand_slides(slides)
+    check_unique_stems(paths)
+    out = ensure_writable_dir(out_dir).resolve()
     run = Path(run).resolve()
     load_trained(run)  # a bad checkpoint fails here, once, not on every worker
     rows = {path: HeatmapRow(str(path)) for path in paths}
@@ -151,8 +152,8 @@ def tile_cohort(
     `write_tiles` draws it: the workers first count each slide's tissue tiles, then tile.
     Scheduler, return value and errors as in `heatmap_cohort`.
     """
-    paths = _unique_stems(slides)
-    out = _writable(out_dir)
+    paths = expand_slides(slides)
+    out = Path(out_dir).resolve()
     check_tile_job(paths, out, cfg)
     rows = {path: TileRow(str(path)) for path in paths}
     table = _Table(out / COHORT_NAME, rows)
@@ -188,21 +189,14 @@ _ENGINES: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 def _engine(run: Path, cfg: HeatmapConfig) -> tuple[Any, Any]:
     from .checkpoint import load_trained
-    from .infer import InferenceEngine
+    from .heatmap import engine_for
     from .train import resolve_device
 
     device = resolve_device(cfg.device)
     key = (str(run), str(device), cfg.batch_size, cfg.bf16, cfg.compile, cfg.normalisation)
     if key not in _ENGINES:
         trained = load_trained(run, device)
-        engine = InferenceEngine(
-            trained,
-            device,
-            batch_size=cfg.batch_size,
-            bf16=cfg.bf16,
-            compile=cfg.compile,
-            normalisation=cfg.normalisation,
-        )
+        engine = engine_for(trained, cfg)
         _ENGINES.clear()  # one model at a time: a worker's memory is for slides
         _ENGINES[key] = (trained, engine)
     return _ENGINES[key]
@@ -476,33 +470,6 @@ def _per_worker_heatmap_config(cfg: HeatmapConfig, executor: _Executor) -> Heatm
     if executor.gpus and cfg.workers is None:
         return replace(cfg, workers=max(0, available_cores() // executor.workers - 1))
     return cfg
-
-
-def _unique_stems(slides: Sequence[str | Path]) -> list[Path]:
-    paths = expand_slides(slides)
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise ConfigError(
-                f"{stems[path.stem]} and {path} share the name {path.stem!r}; "
-                "run them into separate --out folders"
-            )
-        stems[path.stem] = path
-    return paths
-
-
-def _writable(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to {out} ({exc.strerror or exc}); choose a writable --out folder"
-        ) from None
-    return out.resolve()
 
 
 def _read_slide_list(path: Path) -> list[Path]:

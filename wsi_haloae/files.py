@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 
 # mkstemp creates files readable by their owner only; outputs get the usual permissions
 _UMASK = os.umask(0)
@@ -48,3 +48,37 @@ def write_atomically(
             f"cannot write {path} ({exc.strerror or exc}); choose a writable output folder"
         ) from None
     return path
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create `folder` if need be and prove a file can be written in it; returns it.
+
+    Raises OutputError naming the folder, before any work whose results would be lost.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to {folder} ({exc.strerror or exc}); choose a writable --out folder"
+        ) from None
+    return folder
+
+
+def check_unique_stems(slides: list[Path]) -> None:
+    """Each slide gets the output folder OUT/<stem>: two slides of one stem would share it.
+
+    Raises ConfigError naming both, or when there are no slides at all.
+    """
+    if not slides:
+        raise ConfigError("no slides given; pass one or more slide files")
+    seen: dict[str, Path] = {}
+    for path in slides:
+        if path.stem in seen:
+            raise ConfigError(
+                f"{seen[path.stem]} and {path} share the name {path.stem!r}; give them separate --out folders"
+            )
+        seen[path.stem] = path

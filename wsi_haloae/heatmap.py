@@ -50,7 +50,7 @@ from . import __version__
 from .checkpoint import MODEL_FILE, TrainedModel, load_trained, save_trained
 from .config import HeatmapConfig, TrainConfig, to_dict
 from .errors import ConfigError, OutputError, SlideError
-from .files import write_atomically
+from .files import check_unique_stems, write_atomically
 from .geojson import anomaly_regions, region_features, tile_features, write_feature_collection
 from .grid import TileGrid
 from .infer import (
@@ -129,28 +129,12 @@ def heatmap_slides(
     Raises SlideError, CheckpointError, ConfigError or OutputError with a one-line message.
     """
     paths = [Path(s) for s in slides]
-    if not paths:
-        raise ConfigError("no slides given; pass one or more slide files")
-    stems: dict[str, Path] = {}
+    check_unique_stems(paths)
     for path in paths:
-        if path.stem in stems:
-            raise ConfigError(
-                f"{stems[path.stem]} and {path} share the name {path.stem!r}; "
-                "run them into separate --out folders"
-            )
-        stems[path.stem] = path
         with open_slide(path, backend=cfg.backend):
             pass
-    device = resolve_device(cfg.device)
-    trained = load_trained(run, device)
-    engine = InferenceEngine(
-        trained,
-        device,
-        batch_size=cfg.batch_size,
-        bf16=cfg.bf16,
-        compile=cfg.compile,
-        normalisation=cfg.normalisation,
-    )
+    trained = load_trained(run, resolve_device(cfg.device))
+    engine = engine_for(trained, cfg)
     return [heatmap_slide(path, trained, out_dir, cfg, progress, engine=engine) for path in paths]
 
 
@@ -174,15 +158,7 @@ def heatmap_slide(
     slide_path = Path(slide_path)
     folder = Path(out_dir) / slide_path.stem
     if engine is None:
-        device = next(trained.model.parameters()).device
-        engine = InferenceEngine(
-            trained,
-            device,
-            batch_size=cfg.batch_size,
-            bf16=cfg.bf16,
-            compile=cfg.compile,
-            normalisation=cfg.normalisation,
-        )
+        engine = engine_for(trained, cfg)
     elif engine.scorer.normalisation != cfg.normalisation:
         raise ValueError(
             f"the engine normalises by {engine.scorer.normalisation}, the config by {cfg.normalisation}"
@@ -273,6 +249,18 @@ def heatmap_slide(
         computed=run_record["computed_tiles"],
         resumed=resumed,
         seconds=timings["total_s"],
+    )
+
+
+def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
+    """The inference engine `cfg` asks for, on the device the model is on."""
+    return InferenceEngine(
+        trained,
+        next(trained.model.parameters()).device,
+        batch_size=cfg.batch_size,
+        bf16=cfg.bf16,
+        compile=cfg.compile,
+        normalisation=cfg.normalisation,
     )
 
 

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from .errors import ConfigError, OutputError, SlideError
-from .files import write_atomically
+from .files import check_unique_stems, ensure_writable_dir, write_atomically
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
 from .slide import Slide, open_slide
 from .tissue import (
@@ -429,33 +429,12 @@ def _tiled_already(plan: SlidePlan, manifest_text: str) -> bool:
 
 def check_tile_job(slides: list[Path], out_dir: Path, cfg: TileConfig) -> None:
     """ConfigError or OutputError before any work: no slides, clashing names, bad options, unwritable out."""
-    if not slides:
-        raise ConfigError("no slides given; pass one or more slide files")
-    stems: dict[str, Path] = {}
-    for path in slides:
-        if path.stem in stems:
-            raise ConfigError(
-                f"{stems[path.stem]} and {path} share the name {path.stem!r}; "
-                "tile them into separate --out folders"
-            )
-        stems[path.stem] = path
+    check_unique_stems(slides)
     if cfg.max_tiles is not None and cfg.max_tiles < 1:
         raise ConfigError(f"max tiles {cfg.max_tiles} must be at least 1")
     if cfg.image_format not in ("png", "jpeg"):
         raise ConfigError(f"tile format {cfg.image_format!r} is not one of png, jpeg")
-    _ensure_writable(out_dir)
-
-
-def _ensure_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}{_TMP_SUFFIX}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to {out_dir} ({exc.strerror or exc}); choose a writable --out folder"
-        ) from None
+    ensure_writable_dir(out_dir)
 
 
 def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:

@@ -44,6 +44,7 @@ from .checkpoint import MODEL_FILE, load_train_state, save_train_state, save_tra
 from .config import TrainConfig, to_dict
 from .data import EpochSampler, TileDataset, TripletDataset, find_tiles
 from .errors import CheckpointError, ConfigError, OutputError
+from .files import ensure_writable_dir
 from .losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss
 from .model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
 from .model.haloae import HaloAE
@@ -80,12 +81,7 @@ def train(
         raise ConfigError("loss_cls, loss_fm and loss_im are all false; keep at least one loss term")
     device = resolve_device(cfg.device)
     paths = find_tiles(tiles)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create the run folder {out} ({exc.strerror}); choose another --out"
-        ) from None
+    ensure_writable_dir(out)
 
     with _log_to(out / "train.log"):
         # ---- data: Cut&Paste triplets keyed by (epoch, index), batches of B triplets

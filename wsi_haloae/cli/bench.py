@@ -60,7 +60,7 @@ def tiling_command(
     slide: Path | None, size: str, workers: str | None, backend: str, tile_size_px: int
 ) -> None:
     """Tiles/s of plain read_region against the streaming reader with 1, 2 and all workers."""
-    from ..bench import benchmark_tiling, format_tiling_table
+    from ..bench import benchmark_tiling, format_tiling_table, provenance
 
     rows = benchmark_tiling(
         slide,
@@ -69,6 +69,7 @@ def tiling_command(
         backend=backend,
         tile_size_px=tile_size_px,
     )
+    click.echo(provenance())
     click.echo(format_tiling_table(rows))
 
 

@@ -210,6 +210,7 @@ def bench_heatmap_command(
     baseline_tiles: int,
 ) -> None:
     """Tiles/s of `heatmap` end to end and per stage on a synthetic slide, against batch-1 fp32."""
+    from ..bench import provenance
     from ..config import TrainConfig, load_config, replace
     from ..errors import ConfigError
     from ..heatmap import benchmark_heatmap, format_heatmap_bench
@@ -236,4 +237,10 @@ def bench_heatmap_command(
         bf16=not no_bf16,
         baseline_tiles=baseline_tiles,
     )
+    accelerator = "no GPU"
+    if bench.device.startswith("cuda"):
+        import torch
+
+        accelerator = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    click.echo(provenance(accelerator))
     click.echo(format_heatmap_bench(bench))
