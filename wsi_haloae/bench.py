@@ -2,26 +2,50 @@
 
 `benchmark_tiling` answers: how many tiles per second does `iter_tiles` deliver with N worker
 processes, against N times a plain single-process `read_region` loop over the same tiles?
+`benchmark_heatmap`: how many tiles per second does `heatmap` score end to end, how fast is each
+of its stages alone, and how does it compare with the paper's batch-1 fp32 setting?
+`provenance` heads every printed table with its date, machine and command.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import math
 import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from .checkpoint import MODEL_FILE, TrainedModel, load_trained, save_trained
+from .config import HeatmapConfig, TrainConfig
 from .errors import ConfigError
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
+from .heatmap import SUMMARY_NAME, heatmap_slide, reader_processes
+from .infer import (
+    InferenceEngine,
+    StageTiming,
+    leave_cores_to_readers,
+    time_baseline,
+    time_model,
+    time_reading,
+    time_transfer,
+)
+from .model.haloae import HaloAE
 from .slide import open_slide
 from .synthetic import write_synthetic_slide
 from .tiles import DEFAULT_BATCH_SIZE, iter_tiles, read_tile
+from .train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +175,201 @@ def format_tiling_table(rows: Sequence[TilingBenchRow]) -> str:
             f"| {row.efficiency:.2f} |"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class HeatmapBench:
+    """The heatmap benchmark: one `StageTiming` per row (end to end, each stage alone, the
+    batch-1 fp32 baseline) and the run's setting; peak resident memory, MiB, during the end-to-end
+    run: of this process, and of it with its tile reader processes."""
+
+    rows: list[StageTiming]
+    slide_size_px: tuple[int, int]
+    tile_size_px: int
+    device: str
+    precision: str
+    batch_size: int
+    workers: int
+    peak_rss_mib: float
+    peak_total_rss_mib: float
+
+
+def benchmark_heatmap(
+    slide_path: str | Path | None = None,
+    *,
+    size_px: tuple[int, int] = (8192, 8192),
+    run: str | Path | None = None,
+    config: TrainConfig | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    bf16: bool = True,
+    baseline_tiles: int = 64,
+    progress: bool = False,
+) -> HeatmapBench:
+    """Tiles/s of `heatmap_slide` on `slide_path`, or on a synthetic all-tissue slide of `size_px`
+    (width, height) written to a temporary folder, tiled at level 0; and of each stage alone.
+
+    The model is the trained one in `run`, or an untrained HaloAE built from `config` (speed does
+    not depend on the weights). Rows: end to end (every stage, tissue detection to summary), the
+    streaming part alone (read, score, stitch, write, overlapped), read only, host -> device,
+    model only, stitch + write (the writer thread's busy time in the streaming run), and the
+    paper's setting (batch 1, fp32, nothing overlapped) on the first `baseline_tiles` tiles.
+    """
+    if (run is None) == (config is None):
+        raise ConfigError(
+            "benchmark a trained model (--model RUN) or an untrained one (--config YAML), not both"
+        )
+    torch_device = resolve_device(device)
+    with tempfile.TemporaryDirectory(prefix="wsi-haloae-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        trained = (
+            load_trained(run, torch_device)
+            if run is not None
+            else _untrained(config, tmp / "model", torch_device)
+        )
+        if slide_path is None:
+            log.info("writing a %d x %d synthetic slide for the benchmark", *size_px)
+            path = write_synthetic_slide(tmp / "bench.tiff", *size_px, mpp_um=0.5, tissue="full").path
+        else:
+            path = Path(slide_path)
+        cfg = HeatmapConfig(
+            level=0, batch_size=batch_size, workers=workers, device=device, compile=compile, bf16=bf16
+        )
+        readers = reader_processes(cfg, torch_device)
+
+        def model_threads() -> AbstractContextManager[None]:
+            # on the CPU every model row runs with the threads the streaming run gives the model
+            return leave_cores_to_readers(readers) if torch_device.type == "cpu" else nullcontext()
+
+        with open_slide(path) as slide, model_threads():
+            slide_size_px = slide.dimensions
+            grid = TileGrid.for_slide(slide, level=0, tile_size_px=trained.config.model.image_size_px)
+            baseline = time_baseline(
+                trained, slide, grid, np.arange(min(baseline_tiles, len(grid))), torch_device
+            )
+        engine = InferenceEngine(
+            trained,
+            torch_device,
+            batch_size=batch_size,
+            bf16=bf16,
+            compile=compile,
+            normalisation=cfg.normalisation,
+        )
+        with _PeakMemory() as memory:
+            heatmap_slide(path, trained, tmp / "out", cfg, progress, engine=engine)
+        summary = json.loads((tmp / "out" / path.stem / SUMMARY_NAME).read_text())
+        streamed = summary["run"]["inference"]
+        tiles = summary["tiles"]["tissue"]
+        batches = max(2, min(50, math.ceil(tiles / engine.batch_size)))
+        with open_slide(path) as slide:
+            reading = time_reading(
+                slide, grid, np.arange(len(grid)), batch_size=engine.batch_size, workers=readers
+            )
+        with model_threads():
+            transfer, model_only = time_transfer(engine, batches), time_model(engine, batches)
+        rows = [
+            StageTiming(
+                "end to end",
+                tiles,
+                summary["timings_s"]["total_s"],
+                "tissue, scoring, pyramid, GeoJSON, overlay",
+            ),
+            StageTiming("streaming", tiles, streamed["seconds"], "read + score + stitch + write, overlapped"),
+            reading,
+            transfer,
+            model_only,
+            StageTiming("stitch + write", tiles, streamed["sink_s"], "writer thread busy time"),
+            baseline,
+        ]
+    return HeatmapBench(
+        rows=rows,
+        slide_size_px=slide_size_px,
+        tile_size_px=engine.tile_size_px,
+        device=str(torch_device),
+        precision=engine.precision,
+        batch_size=engine.batch_size,
+        workers=readers,
+        peak_rss_mib=memory.peak_self_bytes / 2**20,
+        peak_total_rss_mib=memory.peak_total_bytes / 2**20,
+    )
+
+
+def format_heatmap_bench(bench: HeatmapBench) -> str:
+    """The benchmark as a Markdown table with its setting and peak memory underneath."""
+    lines = ["| stage | tiles | seconds | tiles/s | note |", "| --- | ---: | ---: | ---: | --- |"]
+    for row in bench.rows:
+        lines.append(
+            f"| {row.stage} | {row.tiles} | {row.seconds:.2f} | {row.tiles_per_s:.1f} | {row.note} |"
+        )
+    width, height = bench.slide_size_px
+    lines += [
+        "",
+        (
+            f"Slide {width} x {height} px, {bench.tile_size_px}-px tiles; {bench.device}, {bench.precision}, "
+            f"batch {bench.batch_size}, tile readers: {bench.workers}. Peak RSS: "
+            f"{bench.peak_rss_mib:.0f} MiB (main process), "
+            f"{bench.peak_total_rss_mib:.0f} MiB (with the tile readers)."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+class _PeakMemory(threading.Thread):
+    """Samples, every 50 ms while in its block, the resident memory of this process and of this
+    process with its children (Linux /proc; zero elsewhere), keeping the peaks in bytes."""
+
+    def __init__(self) -> None:
+        super().__init__(name="wsi-haloae-memory", daemon=True)
+        self._stop_sampling = threading.Event()
+        self.peak_self_bytes = 0
+        self.peak_total_bytes = 0
+
+    def __enter__(self) -> _PeakMemory:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_sampling.set()
+        self.join()
+
+    def run(self) -> None:
+        pid = os.getpid()
+        while True:
+            own = _rss_bytes(pid)
+            children = sum(_rss_bytes(child) for child in _children(pid))
+            self.peak_self_bytes = max(self.peak_self_bytes, own)
+            self.peak_total_bytes = max(self.peak_total_bytes, own + children)
+            if self._stop_sampling.wait(0.05):
+                return
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the parent pid is the 2nd field after the ")" closing the command name
+            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _untrained(config: TrainConfig, folder: Path, device: torch.device) -> TrainedModel:
+    """An untrained HaloAE of `config`, saved and loaded back like a trained one (zero mean map)."""
+    torch.manual_seed(config.seed)
+    model = HaloAE(config.model).eval()
+    size = config.model.image_size_px
+    zeros = {name: torch.zeros(size, size) for name in ("mean", "median")}
+    save_trained(folder / MODEL_FILE, model, config, zeros, {name: torch.zeros(1) for name in zeros})
+    return load_trained(folder, device)
