@@ -14,7 +14,7 @@ from wsi_haloae.checkpoint import TrainedModel, load_trained
 from wsi_haloae.cli import main
 from wsi_haloae.config import TrainConfig, load_config, replace
 from wsi_haloae.data import read_tile
-from wsi_haloae.errors import DataError
+from wsi_haloae.errors import ConfigError, DataError
 from wsi_haloae.evaluate import (
     METRICS,
     PAPER_HALOAE,
@@ -94,7 +94,7 @@ def test_honest_scores_match_an_independent_computation(
 ) -> None:
     out, honest, _ = both
     assert (honest["normalisation"], honest["image_score"], honest["pixel_resolution"]) == (
-        "training images",
+        "mean map of the training images",
         "mean",
         "full",
     )
@@ -129,7 +129,7 @@ def test_honest_scores_match_an_independent_computation(
 
 def test_official_protocol_makes_its_choices(both: tuple[Path, dict, dict]) -> None:
     _, honest, official = both
-    assert official["normalisation"] == "defect-free test images"
+    assert official["normalisation"] == "mean map of the defect-free test images"
     assert official["pixel_resolution"] == "128x128" and official["label_flipping"]
     assert official["image_score"] in ("mean", "max") and official["checkpoints"] == 1
     assert "not reproduced" in official["protocol_description"]
@@ -206,6 +206,25 @@ def test_cli_evaluate(run: Path, data: Path, tmp_path: Path) -> None:
         result = runner.invoke(main, [*args, "--out", str(tmp_path), *bad])
         assert result.exit_code == 2
         assert result.output.count("\n") == 1 and result.output.startswith("error: MVTec category folder")
+
+
+def test_the_median_normalisation_is_its_own_labelled_run(
+    both: tuple[Path, dict, dict], trained: TrainedModel, data: Path
+) -> None:
+    out, honest, _ = both
+    median = evaluate_mvtec(trained, data, "brick", out, normalisation="median", batch_size=5)
+    assert median["normalisation"] == "median map of the training images"
+    assert json.loads((out / "honest-median" / "metrics.json").read_text()) == median
+    assert json.loads((out / "honest" / "metrics.json").read_text()) == honest  # left as it was
+    with (out / "honest-median" / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    images = torch.stack([read_tile(data / "brick" / r["image"], 64) for r in rows])
+    with torch.no_grad():
+        output = trained.model(images, heads=False)
+    maps = anomaly_map(feature_error(output.fm, output.fm_hat), 64, trained.median_map)
+    np.testing.assert_allclose([float(r["score"]) for r in rows], image_scores(maps)[0].numpy(), rtol=1e-5)
+    with pytest.raises(ConfigError, match="official protocol normalises by the mean"):
+        evaluate_mvtec(trained, data, "brick", out, protocol="official", normalisation="median")
 
 
 def test_mask_of_the_wrong_size_is_refused(trained: TrainedModel, data: Path, tmp_path: Path) -> None:

@@ -55,9 +55,9 @@ from tqdm import tqdm
 
 from .checkpoint import TrainedModel
 from .data import TileDataset
-from .errors import DataError, OutputError
+from .errors import ConfigError, DataError, OutputError
 from .metrics import aupro, auroc, f1_max, pixel_auroc, pro_curve, roc_curve
-from .model.anomaly import anomaly_map, feature_error, image_scores
+from .model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
 from .mvtec import GOOD, OBJECTS, TEXTURES, MvtecSample, load_image, load_mask, mvtec_index
 from .train import resolve_device
 
@@ -109,6 +109,11 @@ _CURVE_POINTS = 1000  # points drawn per curve: exact curves may hold one point 
 _TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
+def result_folder(out: str | Path, protocol: Protocol, normalisation: Normalisation = "mean") -> Path:
+    """Where `evaluate_mvtec` writes: `out/<protocol>/`, or `out/<protocol>-median/` for the median map."""
+    return Path(out) / (protocol if normalisation == "mean" else f"{protocol}-{normalisation}")
+
+
 def evaluate_mvtec(
     trained: TrainedModel,
     root: str | Path,
@@ -116,6 +121,7 @@ def evaluate_mvtec(
     out: str | Path,
     *,
     protocol: Protocol = "honest",
+    normalisation: Normalisation = "mean",
     batch_size: int = 16,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -128,6 +134,9 @@ def evaluate_mvtec(
         root, category: the data set root and category folder (see `mvtec.mvtec_index`).
         out: parent folder of the protocol's output folder.
         protocol: "honest" or "official" (see the module docstring).
+        normalisation: with "honest", the training map the maps are made relative to: "mean" (the
+            paper's) or "median" (the slide heatmaps' default; results go to `out/honest-median/`).
+            The official protocol always takes the mean of the test set's defect-free maps.
         batch_size: test images per forward pass.
         device: where the model runs; None keeps the device it is on ("auto" picks CUDA if present).
             The model is moved there.
@@ -145,6 +154,11 @@ def evaluate_mvtec(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "official" and normalisation != "mean":
+        raise ConfigError(
+            "the official protocol normalises by the mean map of the test set's defect-free images; "
+            "use --normalisation median with --protocol honest"
+        )
     index = mvtec_index(root, category)
     test = index.test
     labels = np.array([s.label for s in test])
@@ -153,7 +167,7 @@ def evaluate_mvtec(
             f"the test set of {index.root / category} needs both defect-free (test/good) and defective "
             "images to compute AUROC"
         )
-    out_dir = Path(out) / protocol
+    out_dir = result_folder(out, protocol, normalisation)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -165,7 +179,7 @@ def evaluate_mvtec(
 
     size_px = trained.config.model.image_size_px
     if protocol == "honest":
-        mean_map = trained.mean_map.float().cpu()
+        mean_map = trained.reference_map(normalisation).float().cpu()
     else:  # the official code's normalisation: the test set's own defect-free images
         mean_map = anomaly_map(errors[torch.from_numpy(labels == 0)], size_px).mean(0)
     maps = anomaly_map(errors, size_px, mean_map)  # (N, S, S)
@@ -201,7 +215,11 @@ def evaluate_mvtec(
         "data_root": str(index.root),
         "model": str(trained.run_dir),
         "image_size_px": size_px,
-        "normalisation": "training images" if protocol == "honest" else "defect-free test images",
+        "normalisation": (
+            f"{normalisation} map of the training images"
+            if protocol == "honest"
+            else "mean map of the defect-free test images"
+        ),
         "image_score": image_score,
         "pixel_resolution": "full" if pixel_size is None else f"{pixel_size}x{pixel_size}",
         "label_flipping": flip,

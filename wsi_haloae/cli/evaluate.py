@@ -36,6 +36,13 @@ import click
     help="honest: training-set normalisation, mean score, full-resolution pixels, no label flipping. "
     "official: the official HaloAE scoring's choices, for comparison with the paper.",
 )
+@click.option(
+    "--normalisation",
+    type=click.Choice(["mean", "median"]),
+    default="mean",
+    show_default=True,
+    help="honest protocol: make maps relative to the mean (the paper's) or median training map.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--batch-size",
@@ -51,13 +58,14 @@ def evaluate_command(
     run: Path,
     out: Path,
     protocol: str,
+    normalisation: str,
     device: str,
     batch_size: int,
     progress: bool,
 ) -> None:
     """Image AUROC, pixel AUROC, AUPRO and F1-max of a trained model on one MVTec-AD category."""
     from ..checkpoint import load_trained
-    from ..evaluate import evaluate_mvtec
+    from ..evaluate import evaluate_mvtec, result_folder
     from ..mvtec import mvtec_index
     from ..train import resolve_device
 
@@ -68,15 +76,16 @@ def evaluate_command(
         data,
         category,
         out,
-        protocol=protocol,
-        batch_size=batch_size,  # type: ignore[arg-type]
+        protocol=protocol,  # type: ignore[arg-type]
+        normalisation=normalisation,  # type: ignore[arg-type]
+        batch_size=batch_size,
         progress=progress,
     )
     overall = result["overall"]
     click.echo(
         f"{category}, {protocol} protocol: image AUROC {overall['image_auroc']:.4f}, "
         f"pixel AUROC {overall['pixel_auroc']:.4f}, AUPRO {overall['aupro']:.4f} "
-        f"-> {out / protocol / 'metrics.json'}"
+        f"-> {result_folder(out, protocol, normalisation) / 'metrics.json'}"  # type: ignore[arg-type]
     )
 
 
