@@ -89,14 +89,21 @@ def pr_curve(
     Raises:
         DataError: no anomalous sample.
     """
+    thresholds, tp, fp, n_pos = _sweep_with_positives("pr_curve", scores, labels)
+    return tp / (tp + fp), tp / n_pos, thresholds
+
+
+def _sweep_with_positives(
+    caller: str, scores: ArrayLike, labels: ArrayLike
+) -> tuple[NDArray, NDArray[np.int64], NDArray[np.int64], int]:
+    """`_sweep` for curves that divide by the anomalous count: DataError when there is none."""
     s, positive = _scores_and_labels(scores, labels)
     n_pos = int(positive.sum())
     if n_pos == 0:
         raise DataError(
-            f"pr_curve: none of the {positive.size} samples is anomalous (label 1); add defective samples"
+            f"{caller}: none of the {positive.size} samples is anomalous (label 1); add defective samples"
         )
-    thresholds, tp, fp = _sweep(s, positive)
-    return tp / (tp + fp), tp / n_pos, thresholds
+    return (*_sweep(s, positive), n_pos)
 
 
 def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
@@ -109,13 +116,7 @@ def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     Raises:
         DataError: no anomalous sample.
     """
-    s, positive = _scores_and_labels(scores, labels)
-    n_pos = int(positive.sum())
-    if n_pos == 0:
-        raise DataError(
-            f"f1_max: none of the {positive.size} samples is anomalous (label 1); add defective samples"
-        )
-    thresholds, tp, fp = _sweep(s, positive)
+    thresholds, tp, fp, n_pos = _sweep_with_positives("f1_max", scores, labels)
     # F1 = 2 TP / (2 TP + FP + FN), with FN = n_pos - TP.
     f1 = 2.0 * tp / (tp + fp + n_pos)
     best = int(np.argmax(f1))
