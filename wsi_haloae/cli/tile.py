@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .heatmap import cohort_options
+from .cohort_options import cohort_options
 
 
 @click.command("tile")
