@@ -25,9 +25,9 @@ import click
 from wsi_haloae.bench import available_cpus
 from wsi_haloae.cohort import heatmap_cohort
 from wsi_haloae.config import HeatmapConfig, TrainConfig, load_config
-from wsi_haloae.synthetic import write_synthetic_slide
-from wsi_haloae.tiles import TileConfig, write_tiles
-from wsi_haloae.train import train
+from wsi_haloae.slides.synthetic import write_synthetic_slide
+from wsi_haloae.slides.tiles import TileConfig, write_tiles
+from wsi_haloae.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
     .venv/bin/python pipelines/bench_train.py --config configs/haloae-paper.yaml --steps 50
     .venv/bin/python pipelines/bench_train.py --config configs/tiny.yaml --steps 4 --workers 0  # CPU smoke
 
-For each bf16 setting it runs `wsi_haloae.train.train` for two epochs of `--steps` steps on
+For each bf16 setting it runs `wsi_haloae.training.train.train` for two epochs of `--steps` steps on
 synthetic tiles with an untrained backbone (same cost as ImageNet weights, no download): the first
 epoch warms up (worker start, cuDNN autotuning), the second is timed. Images/s counts every image
 the model sees (3 per Cut&Paste triplet) over the whole loop, data loading included, as written to
@@ -25,7 +25,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from wsi_haloae.config import TrainConfig, load_config, replace
-from wsi_haloae.train import resolve_device, train
+from wsi_haloae.model.device import resolve_device
+from wsi_haloae.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@
     .venv/bin/python pipelines/make_offline_mvtec.py OUT --slides ../shared/data/CMU-1-Small-Region.svs
     .venv/bin/python pipelines/make_offline_mvtec.py OUT --categories brick --n-train 20 --size-px 64
 
-Each category lands in OUT/<category> in MVTec AD's layout (see `wsi_haloae.synth_mvtec`), read
-back here with `wsi_haloae.mvtec.mvtec_index` to print what was written.
+Each category lands in OUT/<category> in MVTec AD's layout (see `wsi_haloae.validation.synth_mvtec`), read
+back here with `wsi_haloae.validation.mvtec.mvtec_index` to print what was written.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from wsi_haloae.errors import WsiHaloaeError
-from wsi_haloae.mvtec import mvtec_index
-from wsi_haloae.synth_mvtec import DEFAULT_CATEGORIES, HISTOLOGY, make_offline_mvtec
+from wsi_haloae.validation.mvtec import mvtec_index
+from wsi_haloae.validation.synth_mvtec import DEFAULT_CATEGORIES, HISTOLOGY, make_offline_mvtec
 
 
 @click.command()

@@ -5,7 +5,7 @@
         --config configs/tiny.yaml --out bench/offline
 
 For each category, OUT/CATEGORY/run/ is the training run and OUT/CATEGORY/<protocol>/ its
-evaluation (`wsi_haloae.evaluate.evaluate_mvtec`). Resumable: a category whose
+evaluation (`wsi_haloae.validation.evaluate.evaluate_mvtec`). Resumable: a category whose
 OUT/CATEGORY/<protocol>/metrics.json exists is skipped, a half-trained run continues from its last
 epoch, and a finished run is evaluated without retraining (so a second protocol costs no training).
 The table goes to OUT/table1-<protocol>.md and to standard output.
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import click
 
-from wsi_haloae.checkpoint import MODEL_FILE, load_trained
 from wsi_haloae.config import TrainConfig, load_config, replace
 from wsi_haloae.errors import DataError, WsiHaloaeError
-from wsi_haloae.evaluate import METRICS_FILE, PROTOCOLS, benchmark_table, evaluate_mvtec
-from wsi_haloae.mvtec import CATEGORIES, mvtec_index
-from wsi_haloae.train import resolve_device, train
+from wsi_haloae.model.device import resolve_device
+from wsi_haloae.training.checkpoint import MODEL_FILE, load_trained
+from wsi_haloae.training.train import train
+from wsi_haloae.validation.evaluate import METRICS_FILE, PROTOCOLS, benchmark_table, evaluate_mvtec
+from wsi_haloae.validation.mvtec import CATEGORIES, mvtec_index
 
 PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "haloae-paper.yaml"
 log = logging.getLogger("mvtec_benchmark")

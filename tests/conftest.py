@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_haloae.synthetic import SyntheticSlide, write_synthetic_slide
+from wsi_haloae.slides.synthetic import SyntheticSlide, write_synthetic_slide
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CMU_SLIDE = "CMU-1-Small-Region.svs"

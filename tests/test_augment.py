@@ -9,7 +9,7 @@ import torchvision.transforms.v2.functional as TF
 from matplotlib.colors import rgb_to_hsv as mpl_rgb_to_hsv
 from skimage.color import hed2rgb, rgb2hed
 
-from wsi_haloae.augment import (
+from wsi_haloae.training.augment import (
     adjust_colour,
     colour_jitter,
     hed_jitter,

@@ -7,7 +7,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from wsi_haloae.checkpoint import (
+from wsi_haloae.config import TrainConfig, load_config, replace, to_dict
+from wsi_haloae.errors import CheckpointError, ConfigError, OutputError
+from wsi_haloae.model.haloae import HaloAE
+from wsi_haloae.training.checkpoint import (
     MODEL_FILE,
     TrainedModel,
     load_train_state,
@@ -15,9 +18,6 @@ from wsi_haloae.checkpoint import (
     save_train_state,
     save_trained,
 )
-from wsi_haloae.config import TrainConfig, load_config, replace, to_dict
-from wsi_haloae.errors import CheckpointError, ConfigError, OutputError
-from wsi_haloae.model.haloae import HaloAE
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

@@ -18,16 +18,23 @@ import zarr
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
-from wsi_haloae import heatmap as heatmap_module
-from wsi_haloae.checkpoint import load_trained
 from wsi_haloae.cli import main
 from wsi_haloae.cohort import COHORT_NAME, expand_slides, heatmap_cohort, tile_cohort
 from wsi_haloae.config import HeatmapConfig, TrainConfig, load_config
 from wsi_haloae.errors import CohortError, ConfigError
-from wsi_haloae.heatmap import REGIONS_NAME, SCORES_NAME, STORE_NAME, SUMMARY_NAME, TILES_NAME, heatmap_slide
-from wsi_haloae.synthetic import SyntheticSlide
-from wsi_haloae.tiles import MANIFEST_NAME, TileConfig, write_tiles
-from wsi_haloae.train import train
+from wsi_haloae.heatmaps import heatmap as heatmap_module
+from wsi_haloae.heatmaps.heatmap import (
+    REGIONS_NAME,
+    SCORES_NAME,
+    STORE_NAME,
+    SUMMARY_NAME,
+    TILES_NAME,
+    heatmap_slide,
+)
+from wsi_haloae.slides.synthetic import SyntheticSlide
+from wsi_haloae.slides.tiles import MANIFEST_NAME, TileConfig, write_tiles
+from wsi_haloae.training.checkpoint import load_trained
+from wsi_haloae.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 64-px tiles at 1 µm/px on 1024-px slides: an 8 x 8 grid of 128 level-0 px, scored in bands of 8 heatmap rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsi_haloae.cutpaste import cutpaste_normal, cutpaste_scar, make_triplet
+from wsi_haloae.training.cutpaste import cutpaste_normal, cutpaste_scar, make_triplet
 
 SEEDS = range(150)
 

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from wsi_haloae.data import (
+from wsi_haloae.errors import ConfigError, DataError
+from wsi_haloae.training.data import (
     MANIFEST_NAME,
     EpochSampler,
     TileDataset,
@@ -15,7 +16,6 @@ from wsi_haloae.data import (
     read_tile,
     seeded_generator,
 )
-from wsi_haloae.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -64,7 +64,7 @@ def test_folder_is_searched_recursively_for_png_and_jpeg(tile_folder: Path) -> N
 
 
 def test_manifest_paths_are_relative_to_the_manifest(tile_folder: Path) -> None:
-    from wsi_haloae import tiles
+    from wsi_haloae.slides import tiles
 
     assert MANIFEST_NAME == tiles.MANIFEST_NAME and "path" in tiles.MANIFEST_COLUMNS  # what `tile` writes
     manifest = tile_folder / "slide_a" / "manifest.csv"

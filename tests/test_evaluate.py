@@ -10,12 +10,14 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from wsi_haloae.checkpoint import TrainedModel, load_trained
 from wsi_haloae.cli import main
 from wsi_haloae.config import TrainConfig, load_config, replace
-from wsi_haloae.data import read_tile
 from wsi_haloae.errors import ConfigError, DataError
-from wsi_haloae.evaluate import (
+from wsi_haloae.model.anomaly import anomaly_map, feature_error, image_scores
+from wsi_haloae.training.checkpoint import TrainedModel, load_trained
+from wsi_haloae.training.data import read_tile
+from wsi_haloae.training.train import train
+from wsi_haloae.validation.evaluate import (
     METRICS,
     PAPER_HALOAE,
     benchmark_table,
@@ -23,10 +25,8 @@ from wsi_haloae.evaluate import (
     official_auroc,
     score_set,
 )
-from wsi_haloae.model.anomaly import anomaly_map, feature_error, image_scores
-from wsi_haloae.mvtec import OBJECTS, TEXTURES
-from wsi_haloae.synth_mvtec import TEXTURE_DEFECTS, make_offline_mvtec
-from wsi_haloae.train import train
+from wsi_haloae.validation.mvtec import OBJECTS, TEXTURES
+from wsi_haloae.validation.synth_mvtec import TEXTURE_DEFECTS, make_offline_mvtec
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOOD, N_PER_DEFECT = 4, 2

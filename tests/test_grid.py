@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from wsi_haloae.errors import ConfigError, SlideError
-from wsi_haloae.grid import TileGrid
+from wsi_haloae.slides.grid import TileGrid
 
 
 def reference_origins(width: int, height: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -148,7 +148,7 @@ def test_str_states_the_grid() -> None:
 
 
 def test_for_slide_on_a_synthetic_pyramid(small_slide) -> None:
-    from wsi_haloae.slide import open_slide
+    from wsi_haloae.slides.slide import open_slide
 
     with open_slide(small_slide.path) as slide:
         at_05 = TileGrid.for_slide(slide)

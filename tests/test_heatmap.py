@@ -24,12 +24,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from shapely.geometry import box
 
-from wsi_haloae import pyramid
-from wsi_haloae.checkpoint import MODEL_FILE, TrainedModel, load_trained
 from wsi_haloae.cli import main
 from wsi_haloae.config import HeatmapConfig, TrainConfig, load_config
 from wsi_haloae.errors import OutputError
-from wsi_haloae.heatmap import (
+from wsi_haloae.heatmaps import pyramid
+from wsi_haloae.heatmaps.heatmap import (
     OVERLAY_NAME,
     REGIONS_NAME,
     SCORES_NAME,
@@ -39,9 +38,10 @@ from wsi_haloae.heatmap import (
     heatmap_slide,
     output_lock,
 )
-from wsi_haloae.synthetic import SyntheticSlide
-from wsi_haloae.tiles import TileConfig, write_tiles
-from wsi_haloae.train import train
+from wsi_haloae.slides.synthetic import SyntheticSlide
+from wsi_haloae.slides.tiles import TileConfig, write_tiles
+from wsi_haloae.training.checkpoint import MODEL_FILE, TrainedModel, load_trained
+from wsi_haloae.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_haloae import infer
-from wsi_haloae.checkpoint import TrainedModel
 from wsi_haloae.config import TrainConfig, load_config
 from wsi_haloae.errors import ConfigError, OutputError
-from wsi_haloae.grid import TileGrid
-from wsi_haloae.infer import (
+from wsi_haloae.heatmaps import infer
+from wsi_haloae.heatmaps.infer import (
     CPU_BATCH_SIZE,
     InferenceEngine,
     TileMaps,
@@ -30,9 +28,11 @@ from wsi_haloae.infer import (
 )
 from wsi_haloae.model.anomaly import anomaly_map, feature_error
 from wsi_haloae.model.haloae import HaloAE
-from wsi_haloae.slide import open_slide
-from wsi_haloae.synthetic import write_synthetic_slide
-from wsi_haloae.tiles import read_tile
+from wsi_haloae.slides.grid import TileGrid
+from wsi_haloae.slides.slide import open_slide
+from wsi_haloae.slides.synthetic import write_synthetic_slide
+from wsi_haloae.slides.tiles import read_tile
+from wsi_haloae.training.checkpoint import TrainedModel
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 CPU = torch.device("cpu")

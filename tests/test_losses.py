@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from wsi_haloae.losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss, ssim
+from wsi_haloae.training.losses import (
+    KendallWeighting,
+    equal_weights,
+    ews_weights,
+    reconstruction_loss,
+    ssim,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

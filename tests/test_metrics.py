@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from wsi_haloae.errors import DataError
-from wsi_haloae.metrics import (
+from wsi_haloae.validation.metrics import (
     aupro,
     auroc,
     f1_max,

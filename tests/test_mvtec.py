@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from wsi_haloae.errors import DataError
-from wsi_haloae.mvtec import CATEGORIES, OBJECTS, TEXTURES, load_image, load_mask, mvtec_index
+from wsi_haloae.validation.mvtec import CATEGORIES, OBJECTS, TEXTURES, load_image, load_mask, mvtec_index
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

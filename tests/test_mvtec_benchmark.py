@@ -7,7 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from wsi_haloae.config import TrainConfig, load_config, replace, to_dict
-from wsi_haloae.synth_mvtec import make_offline_mvtec
+from wsi_haloae.validation.synth_mvtec import make_offline_mvtec
 
 REPO = Path(__file__).resolve().parents[1]
 

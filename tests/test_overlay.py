@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from shapely.geometry import MultiPolygon, box
 
-from wsi_haloae.overlay import OUTLINE_RGB, render_overlay, save_overlay
+from wsi_haloae.heatmaps.overlay import OUTLINE_RGB, render_overlay, save_overlay
 
 TITLE_PX = 36  # the title band above the image when a title is given
 PANEL_PX = 120

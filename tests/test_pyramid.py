@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from wsi_haloae.errors import OutputError
-from wsi_haloae.pyramid import HeatmapStore, masked_mean_2x2, pyramid_shapes, read_level
+from wsi_haloae.heatmaps.pyramid import HeatmapStore, masked_mean_2x2, pyramid_shapes, read_level
 
 SHAPE = (2300, 900)  # three levels: 2300 -> 1150 -> 575 rows (max side <= 1024 stops)
 MPP = (2.0, 2.5)  # anisotropic so a y/x swap in the scales shows

@@ -11,8 +11,9 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
+from wsi_haloae.annotations import write_feature_collection
 from wsi_haloae.errors import OutputError
-from wsi_haloae.geojson import anomaly_regions, region_features, tile_features, write_feature_collection
+from wsi_haloae.heatmaps.regions import anomaly_regions, region_features, tile_features
 
 PX_TO_L0 = 4.0  # one heatmap pixel = 4 level-0 pixels
 MPP = (0.5, 0.25)  # level-0 um/px (x, y), anisotropic so a swapped axis shows

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from wsi_haloae import slide as slide_module
 from wsi_haloae.cli import main
 from wsi_haloae.errors import SlideError
-from wsi_haloae.slide import open_slide
-from wsi_haloae.synthetic import SyntheticSlide
+from wsi_haloae.slides import slide as slide_module
+from wsi_haloae.slides.slide import open_slide
+from wsi_haloae.slides.synthetic import SyntheticSlide
 
 BACKENDS = ["openslide", "tiffslide"]
 # (x_l0, y_l0, level, (width, height)): inside, across the right/bottom edges, partly and fully outside

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from wsi_haloae.errors import ConfigError
-from wsi_haloae.grid import TileGrid
-from wsi_haloae.stitch import BandStitcher, HeatmapGeometry, blend_window, tissue_on_heatmap
+from wsi_haloae.heatmaps.stitch import BandStitcher, HeatmapGeometry, blend_window, tissue_on_heatmap
+from wsi_haloae.slides.grid import TileGrid
 
 
 def _grid(width_l0: int = 1000, height_l0: int = 800, tile: int = 64, stride: int = 32) -> TileGrid:

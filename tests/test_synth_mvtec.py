@@ -13,8 +13,8 @@ from scipy import ndimage
 from skimage import data as skdata
 
 from wsi_haloae.errors import DataError, OutputError, SlideError
-from wsi_haloae.mvtec import load_image, load_mask, mvtec_index
-from wsi_haloae.synth_mvtec import (
+from wsi_haloae.validation.mvtec import load_image, load_mask, mvtec_index
+from wsi_haloae.validation.synth_mvtec import (
     HISTOLOGY_DEFECTS,
     TEXTURE_DEFECTS,
     make_offline_mvtec,

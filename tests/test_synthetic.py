@@ -17,8 +17,8 @@ from shapely.geometry import box, shape
 
 from wsi_haloae.cli import main
 from wsi_haloae.errors import ConfigError
-from wsi_haloae.slide import open_slide
-from wsi_haloae.synthetic import (
+from wsi_haloae.slides.slide import open_slide
+from wsi_haloae.slides.synthetic import (
     StarShape,
     SyntheticSlide,
     anomaly_mask,

@@ -17,9 +17,9 @@ from PIL import Image
 
 from wsi_haloae.bench import benchmark_tiling, format_tiling_table
 from wsi_haloae.errors import ConfigError, OutputError, SlideError
-from wsi_haloae.grid import TileGrid
-from wsi_haloae.slide import open_slide
-from wsi_haloae.tiles import MANIFEST_COLUMNS, TileConfig, iter_tiles, read_tile, write_tiles
+from wsi_haloae.slides.grid import TileGrid
+from wsi_haloae.slides.slide import open_slide
+from wsi_haloae.slides.tiles import MANIFEST_COLUMNS, TileConfig, iter_tiles, read_tile, write_tiles
 
 
 def plain_loop(path: Path, grid: TileGrid, indices: np.ndarray) -> np.ndarray:

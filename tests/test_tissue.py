@@ -9,9 +9,9 @@ from shapely.geometry import box
 from skimage import color
 
 from wsi_haloae.errors import ConfigError, NoTissueError
-from wsi_haloae.grid import TileGrid
-from wsi_haloae.slide import open_slide
-from wsi_haloae.tissue import detect_tissue, select_tiles, tile_tissue_fraction, tissue_mask
+from wsi_haloae.slides.grid import TileGrid
+from wsi_haloae.slides.slide import open_slide
+from wsi_haloae.slides.tissue import detect_tissue, select_tiles, tile_tissue_fraction, tissue_mask
 
 BACKGROUND = (243, 241, 245)
 EOSIN = (214, 120, 170)

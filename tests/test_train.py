@@ -11,15 +11,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from scipy.ndimage import gaussian_filter
 
-import wsi_haloae.train as train_module
-from wsi_haloae.checkpoint import load_trained
+import wsi_haloae.training.train as train_module
 from wsi_haloae.cli import main
 from wsi_haloae.config import TrainConfig, load_config
-from wsi_haloae.data import TileDataset, find_tiles
 from wsi_haloae.errors import CheckpointError, ConfigError, OutputError
-from wsi_haloae.losses import ews_weights
 from wsi_haloae.model.anomaly import anomaly_map, feature_error, image_scores
-from wsi_haloae.train import train
+from wsi_haloae.training.checkpoint import load_trained
+from wsi_haloae.training.data import TileDataset, find_tiles
+from wsi_haloae.training.losses import ews_weights
+from wsi_haloae.training.train import train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

@@ -1,4 +1,7 @@
-"""Anomaly results as GeoJSON that QuPath imports (File > Import objects, or drag and drop).
+"""Outlines as GeoJSON that QuPath imports (File > Import objects, or drag and drop).
+
+The one place that knows the GeoJSON schema: the heatmap outputs (`heatmaps.regions`) and the
+synthetic slides' ground truth (`slides.synthetic`) both write through it.
 
 Every coordinate is in the slide's level-0 pixel frame (x right, y down, origin top left), which
 is QuPath's own frame for objects. The feature fields follow QuPath's GeoJSON reader
@@ -22,14 +25,12 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
-from scipy import ndimage
-from shapely.geometry import MultiPolygon, Polygon, box, mapping
+from shapely.geometry import mapping
 
 from .files import write_atomically
 
@@ -38,136 +39,6 @@ log = logging.getLogger(__name__)
 ANOMALY_CLASS = ("Anomaly", (215, 48, 39))  # QuPath classification name and RGB colour
 NORMAL_CLASS = ("Normal", (69, 117, 180))
 COORD_DECIMALS = 2  # level-0 px: a hundredth of a pixel is far below any viewer's precision
-
-
-@dataclass(frozen=True)
-class AnomalyRegion:
-    """One connected region above threshold.
-
-    `geometry` is a Polygon or MultiPolygon (8-connected pixels touching only at a corner form a
-    MultiPolygon) in level-0 pixels, holes kept. `area_um2` counts the region's heatmap pixels
-    times their physical area (exact, unaffected by outline simplification); `mean_score` and
-    `max_score` are over those pixels.
-    """
-
-    geometry: Polygon | MultiPolygon
-    area_um2: float
-    mean_score: float
-    max_score: float
-
-
-def anomaly_regions(
-    heatmap: np.ndarray,
-    mask: np.ndarray,
-    threshold: float,
-    *,
-    px_to_l0: float,
-    mpp_um: tuple[float, float],
-    min_area_um2: float = 0.0,
-    simplify_px: float = 1.0,
-) -> list[AnomalyRegion]:
-    """Outline the computed pixels of `heatmap` scoring above `threshold`, one region per
-    8-connected component, in raster order of their first pixel.
-
-    `heatmap` (h, w) float and `mask` (h, w) bool are one heatmap level; one heatmap pixel spans
-    `px_to_l0` level-0 pixels, and `mpp_um` is the slide's level-0 (x, y) pixel size in um.
-    Outlines follow pixel edges, then are simplified with a tolerance of `simplify_px` heatmap
-    pixels (0 keeps the exact staircase). Regions smaller than `min_area_um2` are dropped.
-    """
-    if heatmap.shape != mask.shape or heatmap.ndim != 2:
-        raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} must be the same 2-D shape")
-    with np.errstate(invalid="ignore"):
-        above = mask.astype(bool) & (heatmap > threshold)
-    labels, count = ndimage.label(above, structure=np.ones((3, 3), bool))
-    pixel_area_um2 = (px_to_l0 * mpp_um[0]) * (px_to_l0 * mpp_um[1])
-    regions = []
-    for index, window in enumerate(ndimage.find_objects(labels), start=1):
-        inside = labels[window] == index
-        area_um2 = float(inside.sum()) * pixel_area_um2
-        if area_um2 < min_area_um2:
-            continue
-        values = heatmap[window][inside].astype(np.float64)
-        outline = _pixel_outline(inside, y0=window[0].start, x0=window[1].start)
-        if simplify_px > 0:
-            outline = outline.simplify(simplify_px, preserve_topology=True)
-        geometry = shapely.transform(outline, lambda xy: xy * px_to_l0)
-        regions.append(AnomalyRegion(geometry, area_um2, float(values.mean()), float(values.max())))
-    log.info(
-        "%d regions above %.4g (%d before the %.0f um2 size filter)",
-        len(regions),
-        threshold,
-        count,
-        min_area_um2,
-    )
-    return regions
-
-
-def region_features(regions: Sequence[AnomalyRegion], *, id_namespace: str) -> list[dict[str, Any]]:
-    """QuPath annotations for `regions`, named "Anomaly 1", "Anomaly 2", ... in their order."""
-    namespace = _namespace(id_namespace)
-    features = []
-    for number, region in enumerate(regions, start=1):
-        bounds = ",".join(f"{v:.{COORD_DECIMALS}f}" for v in region.geometry.bounds)
-        features.append(
-            _feature(
-                uuid.uuid5(namespace, f"region:{number}:{bounds}"),
-                region.geometry,
-                {
-                    "objectType": "annotation",
-                    "name": f"Anomaly {number}",
-                    "classification": _classification(ANOMALY_CLASS),
-                    "measurements": {
-                        "area_um2": region.area_um2,
-                        "mean_score": region.mean_score,
-                        "max_score": region.max_score,
-                    },
-                },
-            )
-        )
-    return features
-
-
-def tile_features(
-    coords_l0: np.ndarray,
-    tile_size_l0: float,
-    measurements: Mapping[str, np.ndarray],
-    *,
-    threshold: float,
-    score_key: str = "anomaly_score",
-    id_namespace: str,
-) -> list[dict[str, Any]]:
-    """QuPath detections, one square per tile, classified "Anomaly" where
-    `measurements[score_key] > threshold` and "Normal" elsewhere.
-
-    `coords_l0` (N, 2) holds each tile's top-left corner (x, y) in level-0 pixels and
-    `tile_size_l0` its side in level-0 pixels; every array in `measurements` is (N,).
-    """
-    coords = np.asarray(coords_l0)
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(f"coords_l0 must be (N, 2) (x, y) pairs, got shape {coords.shape}")
-    columns = {name: np.asarray(values, dtype=np.float64) for name, values in measurements.items()}
-    for name, values in columns.items():
-        if values.shape != (len(coords),):
-            raise ValueError(f"measurement {name!r} has shape {values.shape}; expected ({len(coords)},)")
-    if score_key not in columns:
-        raise ValueError(f"measurements lack the score {score_key!r}; have {sorted(columns)}")
-    namespace = _namespace(id_namespace)
-    features = []
-    for i, (x, y) in enumerate(coords.tolist()):
-        features.append(
-            _feature(
-                uuid.uuid5(namespace, f"tile:{x}:{y}"),
-                box(x, y, x + tile_size_l0, y + tile_size_l0),
-                {
-                    "objectType": "detection",
-                    "classification": _classification(
-                        ANOMALY_CLASS if columns[score_key][i] > threshold else NORMAL_CLASS
-                    ),
-                    "measurements": {name: values[i] for name, values in columns.items()},
-                },
-            )
-        )
-    return features
 
 
 def write_feature_collection(path: str | Path, features: Sequence[Mapping[str, Any]]) -> Path:
@@ -182,24 +53,12 @@ def write_feature_collection(path: str | Path, features: Sequence[Mapping[str, A
     return path
 
 
-def _pixel_outline(inside: np.ndarray, *, y0: int, x0: int) -> Polygon | MultiPolygon:
-    """Exact outline, along pixel edges, of the set pixels of `inside` (a window whose top-left
-    pixel is (y0, x0)), in heatmap-pixel coordinates: pixel (i, j) is the square [j, j+1] x [i, i+1]."""
-    # each row's horizontal runs of set pixels become boxes; their union is the outline
-    padded = np.pad(inside, ((0, 0), (1, 1))).astype(np.int8)
-    steps = np.diff(padded, axis=1)
-    start_rows, start_cols = np.nonzero(steps == 1)
-    _, end_cols = np.nonzero(steps == -1)  # row-major order pairs each end with its start
-    boxes = shapely.box(start_cols + x0, start_rows + y0, end_cols + x0, start_rows + y0 + 1)
-    return shapely.union_all(boxes)
-
-
-def _classification(name_rgb: tuple[str, tuple[int, int, int]]) -> dict[str, Any]:
+def classification(name_rgb: tuple[str, tuple[int, int, int]]) -> dict[str, Any]:
     name, rgb = name_rgb
     return {"name": name, "color": list(rgb)}
 
 
-def _feature(feature_id: uuid.UUID, geometry: shapely.Geometry, properties: dict[str, Any]) -> dict[str, Any]:
+def feature(feature_id: uuid.UUID, geometry: shapely.Geometry, properties: dict[str, Any]) -> dict[str, Any]:
     if "measurements" in properties:
         properties["measurements"] = {
             name: float(value) for name, value in properties["measurements"].items() if np.isfinite(value)
@@ -207,16 +66,16 @@ def _feature(feature_id: uuid.UUID, geometry: shapely.Geometry, properties: dict
     return {
         "type": "Feature",
         "id": str(feature_id),
-        "geometry": _geometry_json(geometry),
+        "geometry": geometry_json(geometry),
         "properties": properties,
     }
 
 
-def _geometry_json(geometry: shapely.Geometry) -> dict[str, Any]:
+def geometry_json(geometry: shapely.Geometry) -> dict[str, Any]:
     # RFC 7946 ring order (exterior counter-clockwise, holes clockwise) for strict GeoJSON readers
     oriented = shapely.orient_polygons(geometry, exterior_cw=False)
     return mapping(shapely.transform(oriented, lambda xy: np.round(xy, COORD_DECIMALS)))
 
 
-def _namespace(id_namespace: str) -> uuid.UUID:
+def id_namespace_uuid(id_namespace: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"wsi-haloae:{id_namespace}")

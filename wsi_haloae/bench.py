@@ -27,12 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import MODEL_FILE, TrainedModel, load_trained, save_trained
 from .config import HeatmapConfig, TrainConfig
 from .errors import ConfigError
-from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
-from .heatmap import SUMMARY_NAME, heatmap_slide, reader_processes
-from .infer import (
+from .heatmaps.heatmap import SUMMARY_NAME, heatmap_slide, reader_processes
+from .heatmaps.infer import (
     InferenceEngine,
     StageTiming,
     leave_cores_to_readers,
@@ -41,11 +39,13 @@ from .infer import (
     time_reading,
     time_transfer,
 )
+from .model.device import resolve_device
 from .model.haloae import HaloAE
-from .slide import open_slide
-from .synthetic import write_synthetic_slide
-from .tiles import DEFAULT_BATCH_SIZE, iter_tiles, read_tile
-from .train import resolve_device
+from .slides.grid import DEFAULT_TILE_SIZE_PX, TileGrid
+from .slides.slide import open_slide
+from .slides.synthetic import write_synthetic_slide
+from .slides.tiles import DEFAULT_BATCH_SIZE, iter_tiles, read_tile
+from .training.checkpoint import MODEL_FILE, TrainedModel, load_trained, save_trained
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from tqdm import tqdm
 from .config import HeatmapConfig
 from .errors import CohortError, ConfigError, WsiHaloaeError
 from .files import check_unique_stems, ensure_writable_dir, write_atomically
-from .infer import available_cores
-from .tiles import TileConfig, check_tile_job, plan_slide, sample_tiles, tile_slide
+from .heatmaps.infer import available_cores
+from .slides.tiles import TileConfig, check_tile_job, plan_slide, sample_tiles, tile_slide
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def heatmap_cohort(
     in this process). Returns the rows of cohort.csv; raises CohortError when slides failed
     (after all others finished), ConfigError/CheckpointError/OutputError before any work.
     """
-    from .checkpoint import load_trained
+    from .training.checkpoint import load_trained
 
     paths = expand_slides(slides)
     check_unique_stems(paths)
@@ -188,9 +188,9 @@ _ENGINES: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 
 def _engine(run: Path, cfg: HeatmapConfig) -> tuple[Any, Any]:
-    from .checkpoint import load_trained
-    from .heatmap import engine_for
-    from .train import resolve_device
+    from .heatmaps.heatmap import engine_for
+    from .model.device import resolve_device
+    from .training.checkpoint import load_trained
 
     device = resolve_device(cfg.device)
     key = (str(run), str(device), cfg.batch_size, cfg.bf16, cfg.compile, cfg.normalisation)
@@ -207,7 +207,7 @@ def _heatmap_task(
 ) -> HeatmapRow:
     import torch
 
-    from .heatmap import SUMMARY_NAME, heatmap_slide
+    from .heatmaps.heatmap import SUMMARY_NAME, heatmap_slide
 
     started = time.perf_counter()
     if torch_threads is not None:

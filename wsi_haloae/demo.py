@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_trained
 from .config import HeatmapConfig, TrainConfig, from_dict
-from .heatmap import SCORES_NAME, heatmap_slide
-from .metrics import auroc
-from .synthetic import anomaly_mask, plan_synthetic_slide, write_ground_truth, write_synthetic_slide
-from .tiles import TileConfig, write_tiles
-from .train import train
+from .heatmaps.heatmap import SCORES_NAME, heatmap_slide
+from .slides.synthetic import anomaly_mask, plan_synthetic_slide, write_ground_truth, write_synthetic_slide
+from .slides.tiles import TileConfig, write_tiles
+from .training.checkpoint import load_trained
+from .training.train import train
+from .validation.metrics import auroc
 
 log = logging.getLogger(__name__)
 

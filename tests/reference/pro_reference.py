@@ -1,4 +1,4 @@
-"""PRO and AU-PRO straight from their definition: slow, plain loops, the oracle for `wsi_haloae.metrics`.
+"""PRO and AU-PRO straight from their definition: slow, plain loops, the oracle for `wsi_haloae.validation.metrics`.
 
 Definition (MVTec AD's evaluation): every 8-connected ground-truth region of every image is one
 unit. At a threshold t a pixel is predicted defective when its score >= t. PRO(t) is the mean,

@@ -64,10 +64,10 @@ def evaluate_command(
     progress: bool,
 ) -> None:
     """Image AUROC, pixel AUROC, AUPRO and F1-max of a trained model on one MVTec-AD category."""
-    from ..checkpoint import load_trained
-    from ..evaluate import evaluate_mvtec, result_folder
-    from ..mvtec import mvtec_index
-    from ..train import resolve_device
+    from ..model.device import resolve_device
+    from ..training.checkpoint import load_trained
+    from ..validation.evaluate import evaluate_mvtec, result_folder
+    from ..validation.mvtec import mvtec_index
 
     mvtec_index(data, category)  # a wrong root or category fails here, before the model loads
     trained = load_trained(run, resolve_device(device))

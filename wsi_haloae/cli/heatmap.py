@@ -93,7 +93,7 @@ def heatmap_command(
     """
     from ..cohort import expand_slides, heatmap_cohort
     from ..config import HeatmapConfig, load_config, replace
-    from ..heatmap import heatmap_slides
+    from ..heatmaps.heatmap import heatmap_slides
 
     cfg = load_config(config_path, HeatmapConfig) if config_path is not None else HeatmapConfig()
     if level is not None and mpp_um is None:  # a level on the command line replaces the preset's mpp

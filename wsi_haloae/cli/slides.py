@@ -41,7 +41,7 @@ def make_slide(
     progress: bool,
 ) -> None:
     """Write a synthetic pyramidal slide (tiled JPEG BigTIFF) with planted anomalies to OUT."""
-    from ..synthetic import write_ground_truth, write_synthetic_slide
+    from ..slides.synthetic import write_ground_truth, write_synthetic_slide
 
     width_px, height_px = parse_size(size)
     slide = write_synthetic_slide(
@@ -72,7 +72,7 @@ def make_slide(
 )
 def info(slide_path: Path, backend: str) -> None:
     """Print a slide's size, pyramid levels, µm/px, objective power and vendor."""
-    from ..slide import open_slide
+    from ..slides.slide import open_slide
 
     with open_slide(slide_path, backend=backend) as slide:  # type: ignore[arg-type]
         width, height = slide.dimensions

@@ -75,7 +75,7 @@ def tile_command(
     """
     from ..cohort import expand_slides, tile_cohort
     from ..errors import ConfigError
-    from ..tiles import TileConfig, write_tiles
+    from ..slides.tiles import TileConfig, write_tiles
 
     if mpp_um is not None and level is not None:
         raise ConfigError(f"--mpp {mpp_um} and --level {level} both set the resolution; give only one")

@@ -46,7 +46,7 @@ def train_command(
 ) -> None:
     """Train HaloAE on normal tiles; writes RUN/model.safetensors, metrics and checkpoints."""
     from ..config import TrainConfig, load_config, replace
-    from ..train import train
+    from ..training.train import train
 
     if config_path is None and resume and (out / "config.yaml").is_file():
         config_path = out / "config.yaml"

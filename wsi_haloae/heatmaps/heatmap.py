@@ -44,24 +44,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import TrainedModel, load_trained
-from .config import HeatmapConfig, to_dict
-from .errors import ConfigError, OutputError, SlideError
-from .files import check_unique_stems, write_atomically
-from .geojson import anomaly_regions, region_features, tile_features, write_feature_collection
-from .grid import TileGrid
-from .infer import (
-    InferenceEngine,
-    TileMaps,
-    default_workers,
-)
+from .. import __version__
+from ..annotations import write_feature_collection
+from ..config import HeatmapConfig, to_dict
+from ..errors import ConfigError, OutputError, SlideError
+from ..files import check_unique_stems, write_atomically
+from ..model.device import resolve_device
+from ..slides.grid import TileGrid
+from ..slides.slide import Slide, open_slide
+from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
+from ..training.checkpoint import TrainedModel, load_trained
+from .infer import InferenceEngine, TileMaps, default_workers
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
-from .slide import Slide, open_slide
+from .regions import anomaly_regions, region_features, tile_features
 from .stitch import Band, BandStitcher, HeatmapGeometry
-from .tissue import TileSelection, TissueMask, detect_tissue, select_tiles
-from .train import resolve_device
 
 log = logging.getLogger(__name__)
 

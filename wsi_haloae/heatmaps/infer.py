@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import TrainedModel
-from .errors import ConfigError
-from .grid import TileGrid
-from .model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
-from .slide import Slide
+from ..errors import ConfigError
+from ..model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
+from ..slides.grid import TileGrid
+from ..slides.slide import Slide
+from ..slides.tiles import iter_tiles, read_tile
+from ..training.checkpoint import TrainedModel
 from .stitch import HEATMAP_REDUCTION
-from .tiles import iter_tiles, read_tile
 
 log = logging.getLogger(__name__)
 

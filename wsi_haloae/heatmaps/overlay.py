@@ -26,7 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .files import write_atomically
+from ..files import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import BloscCodec
 
-from .errors import OutputError
+from ..errors import OutputError
 
 log = logging.getLogger(__name__)
 

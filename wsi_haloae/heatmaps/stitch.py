@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
-from .grid import TileGrid
+from ..errors import ConfigError
+from ..slides.grid import TileGrid
 
 HEATMAP_REDUCTION = 4  # tile pixels per heatmap pixel along each axis
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError, SlideError
+from ..errors import ConfigError, SlideError
 
 if TYPE_CHECKING:
     from .slide import Slide

@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from PIL import Image
 
-from .errors import SlideError
+from ..errors import SlideError
 
 log = logging.getLogger(__name__)
 

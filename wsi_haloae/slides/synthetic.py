@@ -46,8 +46,8 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from tqdm import tqdm
 
-from .errors import ConfigError, OutputError
-from .geojson import ANOMALY_CLASS, write_feature_collection
+from ..annotations import ANOMALY_CLASS, write_feature_collection
+from ..errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .errors import ConfigError, OutputError, SlideError
-from .files import check_unique_stems, ensure_writable_dir, write_atomically
+from ..errors import ConfigError, OutputError, SlideError
+from ..files import check_unique_stems, ensure_writable_dir, write_atomically
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
 from .slide import Slide, open_slide
 from .tissue import (

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, filters
 
-from .errors import ConfigError, NoTissueError, SlideError
+from ..errors import ConfigError, NoTissueError, SlideError
 from .grid import TileGrid
 
 if TYPE_CHECKING:

@@ -32,13 +32,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from . import __version__
-from .config import ModelConfig, TrainConfig, from_dict, to_dict
-from .errors import CheckpointError, ConfigError
-from .files import write_atomically
-from .model.anomaly import NORMALISATIONS, Normalisation
-from .model.backbone import VGGFeatures
-from .model.haloae import HaloAE
+from .. import __version__
+from ..config import ModelConfig, TrainConfig, from_dict, to_dict
+from ..errors import CheckpointError, ConfigError
+from ..files import write_atomically
+from ..model.anomaly import NORMALISATIONS, Normalisation
+from ..model.backbone import VGGFeatures
+from ..model.haloae import HaloAE
 
 log = logging.getLogger(__name__)
 

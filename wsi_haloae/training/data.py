@@ -26,9 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import ConfigError, DataError
 from .augment import hed_jitter
 from .cutpaste import make_triplet
-from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -40,14 +40,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..config import TrainConfig, to_dict
+from ..errors import CheckpointError, ConfigError, OutputError
+from ..files import ensure_writable_dir
+from ..model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
+from ..model.device import resolve_device
+from ..model.haloae import HaloAE
 from .checkpoint import MODEL_FILE, load_train_state, save_train_state, save_trained
-from .config import TrainConfig, to_dict
 from .data import EpochSampler, TileDataset, TripletDataset, find_tiles
-from .errors import CheckpointError, ConfigError, OutputError
-from .files import ensure_writable_dir
 from .losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss
-from .model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
-from .model.haloae import HaloAE
 
 log = logging.getLogger(__name__)
 
@@ -323,21 +324,6 @@ def calibrate(
         for name in NORMALISATIONS:
             scores[name].append(image_scores(anomaly_map(error, size_px, references[name]))[0])
     return references, {name: torch.cat(values).cpu() for name, values in scores.items()}
-
-
-def resolve_device(name: str) -> torch.device:
-    """`"auto"` → the first CUDA device if there is one, else the CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device '{name}' is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device '{name}' asked for, but this machine has no usable CUDA GPU; use --device cpu"
-        )
-    return device
 
 
 def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:

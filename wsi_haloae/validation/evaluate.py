@@ -53,13 +53,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import TrainedModel
-from .data import TileDataset
-from .errors import ConfigError, DataError, OutputError
+from ..errors import ConfigError, DataError, OutputError
+from ..model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
+from ..model.device import resolve_device
+from ..training.checkpoint import TrainedModel
+from ..training.data import TileDataset
 from .metrics import aupro, auroc, f1_max, pixel_auroc, pro_curve, roc_curve
-from .model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
 from .mvtec import GOOD, OBJECTS, TEXTURES, MvtecSample, load_image, load_mask, mvtec_index
-from .train import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-from .errors import DataError
+from ..errors import DataError
 
 Maps = NDArray[np.number] | Sequence[NDArray[np.number]]
 Masks = NDArray[np.bool_] | Sequence[NDArray[np.bool_]]

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 

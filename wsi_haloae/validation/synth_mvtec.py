@@ -45,7 +45,7 @@ from skimage import draw
 from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
-from .errors import DataError, OutputError, SlideError
+from ..errors import DataError, OutputError, SlideError
 
 log = logging.getLogger(__name__)
 
