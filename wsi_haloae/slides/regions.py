@@ -1,0 +1,163 @@
+"""Which grid tiles to use, from regions a pathologist drew (`--include`, `--exclude`,
+`--tissue-mask`) and a per-slide cap (`--max-tiles-per-slide`).
+
+The rule is that of `--min-tissue`, applied to a drawn area instead of the detected tissue: a
+tile is kept when at least `min_inside` of its level-0 footprint lies inside the selected area
+
+    selected = (union of the include regions, or the whole slide when none) - (union of the excludes)
+
+computed exactly on the polygons (`annotations.read.fraction_inside`). Tissue is still required:
+the tissue fraction (from the built-in mask or from `--tissue-mask`, itself any region file)
+must reach `min_tissue` first. Each kept tile records the fraction inside and the include
+regions it overlaps, which the `tile` job writes to its manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+
+from ..annotations.read import Region, fraction_inside, read_region, tile_boxes, union
+from ..errors import ConfigError, NoTissueError
+from .grid import TileGrid
+from .tissue import TileSelection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_INSIDE = 0.5
+REGION_SEPARATOR = ";"  # between region names in a manifest cell
+
+
+@dataclass(frozen=True)
+class RegionFilter:
+    """Include and exclude regions of one slide, read and checked against its size."""
+
+    include: tuple[Region, ...]
+    exclude: tuple[Region, ...]
+
+    def inside_fraction(self, boxes: np.ndarray) -> np.ndarray:
+        """Share of each footprint inside the selected area: (N,) float64 in [0, 1]."""
+        if self.include:
+            area = union(self.include)
+            if self.exclude:
+                area = area.difference(union(self.exclude))
+            return fraction_inside(area, boxes)
+        if self.exclude:
+            return 1.0 - fraction_inside(union(self.exclude), boxes)
+        return np.ones(len(boxes))
+
+
+def load_region_filter(
+    include: Sequence[str], exclude: Sequence[str], slide_size_l0: tuple[int, int]
+) -> RegionFilter | None:
+    """Read the `include` and `exclude` region specs for a slide; None when both are empty."""
+    if not include and not exclude:
+        return None
+    return RegionFilter(
+        tuple(read_region(spec, slide_size_l0=slide_size_l0) for spec in include),
+        tuple(read_region(spec, slide_size_l0=slide_size_l0) for spec in exclude),
+    )
+
+
+@dataclass(frozen=True)
+class RegionTiles:
+    """The tiles a region filter kept, with per-tile facts for the manifest: `selection` (the
+    kept grid tiles and their tissue fractions), `inside_fraction` (K,) the share of each
+    footprint in the selected area and `regions` (K,) the include regions each overlaps."""
+
+    selection: TileSelection
+    inside_fraction: np.ndarray
+    regions: list[str]
+
+
+def select_in_regions(
+    grid: TileGrid,
+    selection: TileSelection,
+    regions: RegionFilter,
+    *,
+    min_inside: float = DEFAULT_MIN_INSIDE,
+    slide_name: str = "the slide",
+) -> RegionTiles:
+    """The tiles of `selection` with at least `min_inside` of their footprint in the selected area.
+
+    Raises NoTissueError when none is left (naming the best fraction), ConfigError when
+    `min_inside` is outside [0, 1].
+    """
+    if not 0.0 <= min_inside <= 1.0:
+        raise ConfigError(f"min inside {min_inside} must be a fraction between 0 and 1")
+    boxes = tile_boxes(grid.coordinates()[selection.indices], grid.tile_size_l0)
+    inside = regions.inside_fraction(boxes)
+    # a hundredth of a percent of slack: exact polygon areas land a rounding error off a hand count
+    keep = np.flatnonzero(inside >= min_inside - 1e-9)
+    if keep.size == 0:
+        best = float(inside.max()) if inside.size else 0.0
+        names = ", ".join(r.name for r in regions.include) or "the slide"
+        raise NoTissueError(
+            f"{slide_name}: no tissue tile has {min_inside:.0%} of its area inside {names}"
+            f"{' minus the excluded regions' if regions.exclude else ''} (the best has {best:.0%}); "
+            "check the regions are for this slide, or lower --min-inside"
+        )
+    touching = [fraction_inside(region.geometry, boxes[keep]) > 0 for region in regions.include]
+    names = [
+        REGION_SEPARATOR.join(r.name for r, hit in zip(regions.include, column) if hit)
+        for column in (zip(*touching) if touching else [()] * keep.size)
+    ]
+    log.info(
+        "%s: %d of %d tissue tiles lie at least %.0f%% inside the selected regions",
+        slide_name,
+        keep.size,
+        len(selection),
+        100 * min_inside,
+    )
+    return RegionTiles(
+        TileSelection(selection.indices[keep], selection.tissue_fraction[keep]), inside[keep], names
+    )
+
+
+def select_by_tissue_region(
+    grid: TileGrid, tissue: Region, *, min_tissue: float, slide_name: str = "the slide"
+) -> TileSelection:
+    """The grid tiles with at least `min_tissue` of their footprint inside a user's tissue region
+    (`--tissue-mask`, replacing the built-in mask). Raises NoTissueError when none has."""
+    if not 0.0 <= min_tissue <= 1.0:
+        raise ConfigError(f"min tissue {min_tissue} must be a fraction between 0 and 1")
+    fraction = fraction_inside(tissue.geometry, tile_boxes(grid.coordinates(), grid.tile_size_l0))
+    keep = np.flatnonzero(fraction >= min_tissue - 1e-9)
+    if keep.size == 0:
+        raise NoTissueError(
+            f"{slide_name}: no tile has {min_tissue:.0%} of its area inside the tissue mask {tissue.name} "
+            f"(the best has {float(fraction.max()):.0%}); lower --min-tissue or use smaller tiles"
+        )
+    log.info("%s: %d of %d tiles inside the tissue mask %s", slide_name, keep.size, len(grid), tissue.name)
+    return TileSelection(keep.astype(np.int64), fraction[keep])
+
+
+def rasterize(
+    geometry: shapely.Geometry, shape_hw: tuple[int, int], downsample: tuple[float, float]
+) -> np.ndarray:
+    """(h, w) bool: which pixels of a raster of `downsample` (sx, sy) level-0 px per pixel have
+    their centre inside `geometry` (level-0 px); e.g. a user tissue mask at thumbnail size."""
+    height, width = shape_hw
+    sx, sy = downsample
+    x = (np.arange(width) + 0.5) * sx
+    y = (np.arange(height) + 0.5) * sy
+    shapely.prepare(geometry)
+    grid_x, grid_y = np.meshgrid(x, y)
+    return shapely.contains_xy(geometry, grid_x, grid_y)
+
+
+def cap_per_slide(count: int, max_tiles: int | None, seed: int, slide_name: str) -> np.ndarray:
+    """Positions (ascending) of at most `max_tiles` of a slide's `count` tiles, drawn uniformly
+    with a generator seeded by `seed` and the slide's name, so a slide always draws the same
+    tiles whatever else is in the run. All positions when `max_tiles` is None or not below `count`."""
+    if max_tiles is None or max_tiles >= count:
+        return np.arange(count, dtype=np.int64)
+    if max_tiles < 1:
+        raise ConfigError(f"max tiles per slide {max_tiles} must be at least 1")
+    rng = np.random.default_rng([seed, zlib.crc32(slide_name.encode())])
+    return np.sort(rng.choice(count, size=max_tiles, replace=False)).astype(np.int64)
