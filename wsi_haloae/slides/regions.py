@@ -14,10 +14,13 @@ regions it overlaps, which the `tile` job writes to its manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -25,7 +28,12 @@ import shapely
 from ..annotations.read import Region, fraction_inside, read_region, tile_boxes, union
 from ..errors import ConfigError, NoTissueError
 from .grid import TileGrid
-from .tissue import TileSelection
+from .qc import qc_tiles
+from .tissue import TileSelection, TissueMask
+
+if TYPE_CHECKING:
+    from .slide import Slide
+    from .tiles import TileConfig
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +169,56 @@ def cap_per_slide(count: int, max_tiles: int | None, seed: int, slide_name: str)
         raise ConfigError(f"max tiles per slide {max_tiles} must be at least 1")
     rng = np.random.default_rng([seed, zlib.crc32(slide_name.encode())])
     return np.sort(rng.choice(count, size=max_tiles, replace=False)).astype(np.int64)
+
+
+def user_tissue(
+    slide: Slide, grid: TileGrid, detected: TissueMask, spec: str, min_tissue: float
+) -> tuple[TissueMask, TileSelection]:
+    """A user's tissue region (`--tissue-mask`, any region file) in place of the detected mask:
+    the mask drawn at the thumbnail's size (for `tissue_mask.png`) and the tiles with at least
+    `min_tissue` of their footprint inside it."""
+    region = read_region(spec, slide_size_l0=slide.dimensions)
+    mask = rasterize(region.geometry, detected.mask.shape, detected.downsample)
+    selection = select_by_tissue_region(grid, region, min_tissue=min_tissue, slide_name=str(slide.path))
+    return dataclasses.replace(detected, mask=mask), selection
+
+
+def refine_selection(
+    slide: Slide, grid: TileGrid, selection: TileSelection, cfg: TileConfig
+) -> tuple[TileSelection, dict[str, list[str]]]:
+    """The `tile` job's steps after tissue: regions, artefact QC, then the per-slide cap.
+
+    Returns the tiles left and the manifest columns they add: `region_fraction` and `regions`
+    with include/exclude regions, `artefact` with `artefacts="keep"`.
+    """
+    name = str(slide.path)
+    columns: dict[str, list[str]] = {}
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions)
+    if regions is not None:
+        chosen = select_in_regions(grid, selection, regions, min_inside=cfg.min_inside, slide_name=name)
+        selection = chosen.selection
+        columns["region_fraction"] = [f"{value:.4f}" for value in chosen.inside_fraction.tolist()]
+        columns["regions"] = chosen.regions
+    if cfg.artefacts != "off":
+        qc = qc_tiles(slide, grid, selection.indices, workers=cfg.workers, batch_size=cfg.batch_size)
+        if cfg.artefacts == "keep":
+            columns["artefact"] = [str(kind) for kind in qc.kind]
+        elif qc.is_artefact.any():
+            if qc.is_artefact.all():
+                raise NoTissueError(
+                    f"{name}: all {len(qc)} tissue tiles are artefacts ({qc.counts()}); "
+                    "check the slide, or keep them with --artefacts keep"
+                )
+            log.info("%s: %d artefact tiles left out (%s)", name, int(qc.is_artefact.sum()), qc.counts())
+            selection, columns = _subset(selection, columns, np.flatnonzero(~qc.is_artefact))
+    if cfg.max_tiles_per_slide is not None:
+        picked = cap_per_slide(len(selection), cfg.max_tiles_per_slide, cfg.seed, Path(name).name)
+        selection, columns = _subset(selection, columns, picked)
+    return selection, columns
+
+
+def _subset(
+    selection: TileSelection, columns: dict[str, list[str]], positions: np.ndarray
+) -> tuple[TileSelection, dict[str, list[str]]]:
+    picked = TileSelection(selection.indices[positions], selection.tissue_fraction[positions])
+    return picked, {key: [cells[i] for i in positions.tolist()] for key, cells in columns.items()}
