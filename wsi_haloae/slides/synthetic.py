@@ -96,7 +96,7 @@ _BLUR_SIGMA_UM = 2.5  # Gaussian point-spread of the out-of-focus patch
 _BLUR_RADIUS_UM = (120.0, 200.0)
 _FOLD_WIDTH_UM = (100.0, 160.0)
 _FOLD_LENGTH_UM = (300.0, 500.0)
-_FOLD_DARKEN = 0.5  # the compressed double fold scatters light too
+_FOLD_DARKEN = 0.4  # the compressed double fold scatters light too
 _SALT_ARTEFACTS = 7919  # the artefacts' own random generator: [seed, this]
 
 # hash salts: one independent random field each
