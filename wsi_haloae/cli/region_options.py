@@ -14,8 +14,11 @@ REGION_HELP = (
 )
 
 
-def region_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --include, --exclude, --min-inside and --tissue-mask to a click command."""
+def region_options(
+    command: Callable[..., Any], *, min_inside_default: float | None = 0.5
+) -> Callable[..., Any]:
+    """Add --include, --exclude, --min-inside and --tissue-mask to a click command
+    (`min_inside_default` None: left to the command's config file, default 0.5)."""
     options = [
         click.option(
             "--include",
@@ -32,8 +35,8 @@ def region_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--min-inside",
             type=float,
-            default=0.5,
-            show_default=True,
+            default=min_inside_default,
+            show_default=min_inside_default is not None,
             help="Keep tiles with at least this fraction of their area inside the included minus the excluded regions.",
         ),
         click.option(

@@ -51,9 +51,12 @@ from ..errors import ConfigError, OutputError, SlideError
 from ..files import check_unique_stems, write_atomically
 from ..model.device import resolve_device
 from ..slides.grid import TileGrid
+from ..slides.qc import TileQC, qc_tiles
+from ..slides.regions import load_region_filter, select_in_regions, user_tissue
 from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
+from .artefacts import artefact_heat_mask, artefact_summary, label_artefact_tiles
 from .infer import InferenceEngine, TileMaps, default_workers
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
@@ -161,6 +164,7 @@ def heatmap_slide(
             "threshold": threshold,
             "min_region_um2": cfg.min_region_um2,
             "simplify_px": cfg.simplify_px,
+            "artefacts": cfg.artefacts,
         }
         finished = _finished_summary(folder, fingerprint, outputs_key)
         if finished is not None:
@@ -194,9 +198,12 @@ def heatmap_slide(
         scores = _tile_scores(folder, plan, store)
 
         clock = time.perf_counter()
+        qc = None if cfg.artefacts == "off" else qc_tiles(slide, plan.grid, plan.selection.indices)
+        timings["qc_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         namespace = f"{slide_path.name}:{fingerprint['model_sha256'][:16]}"
         summary = _write_outputs(
-            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings
+            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings, qc=qc
         )
         summary.update(
             {
@@ -306,9 +313,17 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         raise SlideError(
             f"{slide.path}: cannot read a thumbnail ({type(exc).__name__}: {exc}); the file may be corrupt"
         ) from exc
-    selection = select_tiles(
-        grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(slide.path)
-    )
+    if cfg.tissue_mask is None:
+        selection = select_tiles(
+            grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(slide.path)
+        )
+    else:
+        tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions)
+    if regions is not None:
+        selection = select_in_regions(
+            grid, selection, regions, min_inside=cfg.min_inside, slide_name=str(slide.path)
+        ).selection
     geometry = HeatmapGeometry.for_grid(grid, band_px=cfg.chunk_px)
     return _Plan(grid, tissue, selection, geometry, (float(mpp_um_xy[0]), float(mpp_um_xy[1])))
 
@@ -350,7 +365,7 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What the stored scores depend on: a store resumed with anything else is refused."""
     grid = plan.grid
-    return {
+    fingerprint = {
         "format": STORE_FINGERPRINT_FORMAT,
         "model_sha256": model_digest(trained),
         "slide": {
@@ -371,6 +386,14 @@ def _fingerprint(
         "precision": engine.precision,
         "normalisation": engine.scorer.normalisation,
     }
+    if cfg.include or cfg.exclude or cfg.tissue_mask is not None:  # they choose the scored tiles
+        fingerprint["regions"] = {
+            "include": list(cfg.include),
+            "exclude": list(cfg.exclude),
+            "min_inside": cfg.min_inside,
+            "tissue_mask": cfg.tissue_mask,
+        }
+    return fingerprint
 
 
 def _score_missing_bands(
@@ -552,6 +575,8 @@ def _write_outputs(
     cfg: HeatmapConfig,
     namespace: str,
     timings: dict[str, float],
+    *,
+    qc: TileQC | None = None,
 ) -> dict[str, Any]:
     """Regions, tiles and overlay files; returns the summary's descriptive part. `namespace`
     (slide and model) seeds the features' UUIDs, so reruns write identical GeoJSON."""
@@ -560,9 +585,14 @@ def _write_outputs(
     clock = time.perf_counter()
     region_level = _level_at_most(shapes, REGION_MAX_PX)
     heat, computed = read_level(store.path, region_level)
+    coords_l0 = np.stack([scores["x_l0"], scores["y_l0"]], axis=1)
+    scored = computed
+    if qc is not None and qc.is_artefact.any():  # artefacts are not anomalies: no region over them
+        px_to_l0 = geometry.px_to_l0 * 2**region_level
+        scored = computed & ~artefact_heat_mask(heat.shape, px_to_l0, coords_l0, plan.grid.tile_size_l0, qc)
     regions = anomaly_regions(
         heat,
-        computed,
+        scored,
         threshold,
         px_to_l0=geometry.px_to_l0 * 2**region_level,
         mpp_um=plan.mpp_um_xy,
@@ -584,6 +614,8 @@ def _write_outputs(
         threshold=threshold,
         id_namespace=namespace,
     )
+    if qc is not None:
+        label_artefact_tiles(features, qc)
     write_feature_collection(folder / TILES_NAME, features)
     timings["tiles_geojson_s"] = time.perf_counter() - clock
 
@@ -611,7 +643,8 @@ def _write_outputs(
     )
     timings["overlay_s"] = time.perf_counter() - clock
 
-    anomalous = int((scores["score_mean"] > threshold).sum())
+    above = scores["score_mean"] > threshold
+    anomalous = int((above if qc is None else above & ~qc.is_artefact).sum())
     return {
         "slide": {
             "path": str(Path(slide.path).resolve()),
@@ -635,6 +668,7 @@ def _write_outputs(
             "levels": len(shapes),
         },
         "tiles": {"grid": len(plan.grid), "tissue": len(plan.selection), "anomalous": anomalous},
+        "artefacts": artefact_summary(qc),
         "scores": {
             "tile_mean": _statistics(scores["score_mean"]),
             "tile_max": _statistics(scores["score_max"]),
