@@ -66,6 +66,9 @@ def test_include_polygon_with_hole_by_class(slide, qupath: Path, tmp_path: Path)
     # columns 0-3 minus the 2 x 2 hole, plus column 4 (x 1024..1280) half inside
     expected = block(0, 5, 0, 4) - block(1, 3, 1, 3)
     assert chosen(slide, tmp_path, include=(f"{qupath}:Stroma",)) == expected
+    named = qupath.with_name(f"{slide.path.stem}.geojson")  # one annotation file per slide
+    named.write_text(qupath.read_text())
+    assert chosen(slide, tmp_path, include=(f"{tmp_path}/{{stem}}.geojson:Stroma",)) == expected
     assert chosen(slide, tmp_path, include=(f"{qupath}:Stroma",), min_inside=0.6) == expected - block(
         4, 5, 0, 4
     )

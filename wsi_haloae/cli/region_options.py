@@ -10,7 +10,7 @@ import click
 REGION_HELP = (
     "QuPath GeoJSON (file.geojson, or file.geojson:Class[,Class] for some classes), ASAP/Camelyon "
     "XML (file.xml[:Group]), a mask image or OME-Zarr label (mask.png@16: level-0 px per mask px; "
-    "inferred from the slide when left out)."
+    "inferred from the slide when left out). {stem} in the path is each slide's file name without extension."
 )
 
 

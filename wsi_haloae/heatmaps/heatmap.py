@@ -319,7 +319,7 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         )
     else:
         tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
-    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions)
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, Path(slide.path).stem)
     if regions is not None:
         selection = select_in_regions(
             grid, selection, regions, min_inside=cfg.min_inside, slide_name=str(slide.path)

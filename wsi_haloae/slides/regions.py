@@ -61,15 +61,21 @@ class RegionFilter:
 
 
 def load_region_filter(
-    include: Sequence[str], exclude: Sequence[str], slide_size_l0: tuple[int, int]
+    include: Sequence[str], exclude: Sequence[str], slide_size_l0: tuple[int, int], slide_stem: str = ""
 ) -> RegionFilter | None:
-    """Read the `include` and `exclude` region specs for a slide; None when both are empty."""
+    """Read the `include` and `exclude` region specs for a slide; None when both are empty.
+    `{stem}` in a spec is the slide's file name without extension (one annotation file per slide)."""
     if not include and not exclude:
         return None
     return RegionFilter(
-        tuple(read_region(spec, slide_size_l0=slide_size_l0) for spec in include),
-        tuple(read_region(spec, slide_size_l0=slide_size_l0) for spec in exclude),
+        tuple(read_region(for_slide(spec, slide_stem), slide_size_l0=slide_size_l0) for spec in include),
+        tuple(read_region(for_slide(spec, slide_stem), slide_size_l0=slide_size_l0) for spec in exclude),
     )
+
+
+def for_slide(spec: str, slide_stem: str) -> str:
+    """`spec` with `{stem}` replaced by the slide's stem: `annotations/{stem}.geojson:Stroma`."""
+    return spec.replace("{stem}", slide_stem)
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ def user_tissue(
     """A user's tissue region (`--tissue-mask`, any region file) in place of the detected mask:
     the mask drawn at the thumbnail's size (for `tissue_mask.png`) and the tiles with at least
     `min_tissue` of their footprint inside it."""
-    region = read_region(spec, slide_size_l0=slide.dimensions)
+    region = read_region(for_slide(spec, Path(slide.path).stem), slide_size_l0=slide.dimensions)
     mask = rasterize(region.geometry, detected.mask.shape, detected.downsample)
     selection = select_by_tissue_region(grid, region, min_tissue=min_tissue, slide_name=str(slide.path))
     return dataclasses.replace(detected, mask=mask), selection
@@ -193,7 +199,7 @@ def refine_selection(
     """
     name = str(slide.path)
     columns: dict[str, list[str]] = {}
-    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions)
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, Path(name).stem)
     if regions is not None:
         chosen = select_in_regions(grid, selection, regions, min_inside=cfg.min_inside, slide_name=name)
         selection = chosen.selection
