@@ -34,14 +34,20 @@ def make_output_folder(root: Path, slide_path: Path, *, artefact_tiles: tuple[in
     with open_slide(slide_path) as slide:
         width, height = slide.dimensions
         shape = (height // PX_TO_L0, width // PX_TO_L0)
-        small = np.asarray(Image.fromarray(slide.thumbnail(max(width, height) // PX_TO_L0)).resize(shape[::-1]))
+        small = np.asarray(
+            Image.fromarray(slide.thumbnail(max(width, height) // PX_TO_L0)).resize(shape[::-1])
+        )
         mpp = slide.mpp_um
     mask = small.astype(int).sum(axis=-1) < 3 * 215  # not background white
     scores = np.full(shape, LOW, np.float32)
     scores[HOT] = HIGH
     scores = np.where(mask, scores, np.nan).astype(np.float32)
     store = HeatmapStore.open(
-        folder / "heatmap.ome.zarr", shape, (mpp[1] * PX_TO_L0, mpp[0] * PX_TO_L0), chunk_px=64, fingerprint={"test": 1}
+        folder / "heatmap.ome.zarr",
+        shape,
+        (mpp[1] * PX_TO_L0, mpp[0] * PX_TO_L0),
+        chunk_px=64,
+        fingerprint={"test": 1},
     )
     for y0 in range(0, shape[0], 64):
         store.write_band(y0, np.nan_to_num(scores[y0 : y0 + 64]), mask[y0 : y0 + 64])
@@ -53,7 +59,9 @@ def make_output_folder(root: Path, slide_path: Path, *, artefact_tiles: tuple[in
     fraction = blocks.mean(axis=(1, 3)).ravel()
     with warnings.catch_warnings():  # tiles without tissue: NaN, as intended
         warnings.simplefilter("ignore", RuntimeWarning)
-        tile_mean = np.nanmean(np.where(mask, scores, np.nan).reshape(rows, per_tile, cols, per_tile), axis=(1, 3)).ravel()
+        tile_mean = np.nanmean(
+            np.where(mask, scores, np.nan).reshape(rows, per_tile, cols, per_tile), axis=(1, 3)
+        ).ravel()
     keep = np.flatnonzero(fraction >= 0.5)
     yy, xx = np.divmod(keep, cols)
     tile_scores = {
@@ -78,7 +86,11 @@ def make_output_folder(root: Path, slide_path: Path, *, artefact_tiles: tuple[in
     )
     write_feature_collection(folder / "tiles.geojson.gz", features)
     summary = {
-        "slide": {"path": str(slide_path.resolve()), "dimensions_l0": [width, height], "mpp_um_xy": list(mpp)},
+        "slide": {
+            "path": str(slide_path.resolve()),
+            "dimensions_l0": [width, height],
+            "mpp_um_xy": list(mpp),
+        },
         "model": {"run_dir": "runs/test-model", "tile_size_px": 64},
         "grid": {"tile_size_l0": TILE_L0, "stride_l0": TILE_L0, "columns": cols, "rows": rows},
         "heatmap": {
@@ -91,7 +103,13 @@ def make_output_folder(root: Path, slide_path: Path, *, artefact_tiles: tuple[in
         "tiles": {"tissue": len(keep), "anomalous": int((tile_scores["score_mean"] > THRESHOLD).sum())},
         "regions": {"count": len(regions)},
         "threshold": {"value": THRESHOLD, "source": "given"},
-        "files": ["heatmap.ome.zarr", "tiles.geojson.gz", "regions.geojson", "tile_scores.npz", "summary.json"],
+        "files": [
+            "heatmap.ome.zarr",
+            "tiles.geojson.gz",
+            "regions.geojson",
+            "tile_scores.npz",
+            "summary.json",
+        ],
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return folder

@@ -29,5 +29,7 @@ def test_gallery_shows_the_top_tiles_at_level_0(small_slide, tmp_path) -> None:
         np.testing.assert_array_equal(first, slide.read_region(512, 256, 0, (128, 128)))
         label = picture[gap + 128 : gap + 128 + LABEL_PX, gap : gap + 128]
         assert (label < 100).any()  # text under the tile
-        path = save_top_tiles(tmp_path / "top_tiles.png", slide, coords, scores, 1024, count=2, max_cell_px=256)
+        path = save_top_tiles(
+            tmp_path / "top_tiles.png", slide, coords, scores, 1024, count=2, max_cell_px=256
+        )
     assert path.is_file()

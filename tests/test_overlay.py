@@ -133,7 +133,9 @@ def test_threshold_is_visible_on_the_colour_bar(colours: ScoreColours) -> None:
 @pytest.mark.parametrize("mpp_um", [0.25, 0.5, 2.0])
 def test_scale_bar_length_matches_the_mpp(mpp_um: float) -> None:
     thumbnail, heatmap, mask = _scene()
-    out = render_overlay(thumbnail, heatmap, mask, mpp_um=mpp_um, footer=["slide a.svs, 0.5 µm/px"], **_options())
+    out = render_overlay(
+        thumbnail, heatmap, mask, mpp_um=mpp_um, footer=["slide a.svs, 0.5 µm/px"], **_options()
+    )
     um_per_px = mpp_um / 0.125  # one thumbnail pixel spans 8 level-0 pixels
     length_um, length_px = scale_bar_px(um_per_px, 200)
     assert length_um / 10 ** np.floor(np.log10(length_um)) in (1, 2, 5)
@@ -149,7 +151,9 @@ def test_artefact_tiles_get_their_own_colour() -> None:
     thumbnail, heatmap, mask = _scene()
     thumbnail[:] = 200
     tiles = np.array([[800, 400], [1200, 880]])  # level-0 corners; 160 px sides = 20 thumbnail px
-    out = render_overlay(thumbnail, heatmap, mask, artefact_tiles_l0=tiles, artefact_tile_l0=160, **_options())
+    out = render_overlay(
+        thumbnail, heatmap, mask, artefact_tiles_l0=tiles, artefact_tile_l0=160, **_options()
+    )
     grey = np.round(0.4 * 200 + 0.6 * np.asarray(ARTEFACT_RGB))
     np.testing.assert_array_equal(out[50:70, 100:120], np.broadcast_to(grey, (20, 20, 3)))
     np.testing.assert_array_equal(out[110:130, 150:170], np.broadcast_to(grey, (20, 20, 3)))
@@ -158,7 +162,9 @@ def test_artefact_tiles_get_their_own_colour() -> None:
 
 def test_colour_ramp_values() -> None:
     linear = ScoreColours(threshold=1.0, vmax=3.0)
-    np.testing.assert_allclose(linear.ramp(np.array([0.5, 1.0, 2.0, 3.0, 9.0, np.nan])), [np.nan, np.nan, 0.5, 1, 1, np.nan])
+    np.testing.assert_allclose(
+        linear.ramp(np.array([0.5, 1.0, 2.0, 3.0, 9.0, np.nan])), [np.nan, np.nan, 0.5, 1, 1, np.nan]
+    )
     log = ScoreColours(threshold=1.0, vmax=100.0, log=True)
     np.testing.assert_allclose(log.ramp(np.array([10.0])), [0.5])
     assert log.score_at(0.5) == pytest.approx(10.0)

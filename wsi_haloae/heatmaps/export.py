@@ -52,7 +52,12 @@ def export_qupath(folder: str | Path) -> list[Path]:
     group = zarr.open_group(zarr.storage.LocalStore(store, read_only=True), mode="r", zarr_format=3)
     levels = len(group.attrs["ome"]["multiscales"][0]["datasets"])
     mpp_y, mpp_x = summary["heatmap"]["mpp_um_yx"]
-    tif = write_ome_tiff(folder / OME_TIFF_NAME, [group[str(k)] for k in range(levels)], (mpp_y, mpp_x), Path(summary["slide"]["path"]).name)
+    tif = write_ome_tiff(
+        folder / OME_TIFF_NAME,
+        [group[str(k)] for k in range(levels)],
+        (mpp_y, mpp_x),
+        Path(summary["slide"]["path"]).name,
+    )
     png = write_overlay_png(folder / OVERLAY_PNG_NAME, group, levels, float(summary["threshold"]["value"]))
     return [tif, png]
 
@@ -95,7 +100,9 @@ def write_ome_tiff(
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path} ({exc.strerror}); check the folder is writable") from None
-    log.info("wrote %s: %d levels, %s px at %.4g x %.4g µm/px", path, len(levels), levels[0].shape, mpp_x, mpp_y)
+    log.info(
+        "wrote %s: %d levels, %s px at %.4g x %.4g µm/px", path, len(levels), levels[0].shape, mpp_x, mpp_y
+    )
     return path
 
 

@@ -73,13 +73,17 @@ def render_top_tiles(
         canvas.paste(tile, (left, top))
         score = float(scores[index])
         if threshold is not None and score > threshold:
-            draw.rectangle((left - 3, top - 3, left + cell + 2, top + cell + 2), outline=(215, 48, 39), width=3)
+            draw.rectangle(
+                (left - 3, top - 3, left + cell + 2, top + cell + 2), outline=(215, 48, 39), width=3
+            )
         draw.text((left, top + cell + 3), f"#{rank + 1}  score {score:.4g}", fill="black", font=font)
         draw.text((left, top + cell + 18), f"x {x_l0}, y {y_l0} (level 0)", fill=(60, 60, 60), font=font)
     return np.asarray(canvas), chosen
 
 
-def save_top_tiles(path: str | Path, slide: Slide, coords_l0: np.ndarray, scores: np.ndarray, tile_size_l0: int, **options) -> Path:
+def save_top_tiles(
+    path: str | Path, slide: Slide, coords_l0: np.ndarray, scores: np.ndarray, tile_size_l0: int, **options
+) -> Path:
     """Render with `render_top_tiles` and write the PNG atomically."""
     path = Path(path)
     pixels, chosen = render_top_tiles(slide, coords_l0, scores, tile_size_l0, **options)

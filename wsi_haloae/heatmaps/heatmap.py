@@ -56,9 +56,9 @@ from ..slides.grid import TileGrid
 from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
-from .infer import InferenceEngine, TileMaps, default_workers
 from .colours import score_colours
 from .gallery import save_top_tiles
+from .infer import InferenceEngine, TileMaps, default_workers
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
 from .regions import anomaly_regions, region_features, tile_features

@@ -89,7 +89,9 @@ def render_overlay(
     if heatmap.shape != mask.shape or heatmap.ndim != 2:
         raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} must be the same 2-D shape")
     if not colours.threshold > vmin:
-        raise ValueError(f"the colour bar needs vmin < threshold, got vmin={vmin}, threshold={colours.threshold}")
+        raise ValueError(
+            f"the colour bar needs vmin < threshold, got vmin={vmin}, threshold={colours.threshold}"
+        )
     if artefact_tiles_l0 is not None and artefact_tile_l0 is None:
         raise ValueError("artefact_tiles_l0 needs artefact_tile_l0, the tiles' side in level-0 pixels")
     thumbnail, l0_to_thumb = _fit(thumbnail, l0_to_thumb, max_side_px)
@@ -111,7 +113,9 @@ def render_overlay(
     blended[tinted] = np.round((1 - alpha) * thumbnail[tinted] + alpha * ramp_rgb).astype(np.uint8)
     artefact = np.zeros((height, width), bool)
     if artefact_tiles_l0 is not None and len(artefact_tiles_l0):
-        artefact = _tile_raster(np.asarray(artefact_tiles_l0), float(artefact_tile_l0), l0_to_thumb, artefact.shape)
+        artefact = _tile_raster(
+            np.asarray(artefact_tiles_l0), float(artefact_tile_l0), l0_to_thumb, artefact.shape
+        )
         blended[artefact] = np.round(
             (1 - alpha) * thumbnail[artefact] + alpha * np.asarray(ARTEFACT_RGB, np.float64)
         ).astype(np.uint8)
@@ -222,13 +226,19 @@ def _colour_bar(
     )
     steps = 256
     ramp = colours.colour_of_position(np.linspace(0, 1, steps))[:, None, :]
-    axes.imshow(ramp, extent=(0, 1, BELOW_FRACTION, 1), origin="lower", aspect="auto", interpolation="nearest")
+    axes.imshow(
+        ramp, extent=(0, 1, BELOW_FRACTION, 1), origin="lower", aspect="auto", interpolation="nearest"
+    )
     axes.axhspan(0, BELOW_FRACTION, color=np.divide(UNTINTED_RGB, 255))
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
     axes.set_xticks([])
     axes.axhline(BELOW_FRACTION, color=np.divide(THRESHOLD_RGB, 255), linewidth=2.5)
-    positions = [0.0, BELOW_FRACTION, *(BELOW_FRACTION + (1 - BELOW_FRACTION) * p for p in (1 / 3, 2 / 3, 1.0))]
+    positions = [
+        0.0,
+        BELOW_FRACTION,
+        *(BELOW_FRACTION + (1 - BELOW_FRACTION) * p for p in (1 / 3, 2 / 3, 1.0)),
+    ]
     values = [vmin, colours.threshold, *(colours.score_at(p) for p in (1 / 3, 2 / 3, 1.0))]
     labels = [f"{v:.3g}" for v in values]
     labels[1] = f"{labels[1]} threshold"
@@ -238,7 +248,9 @@ def _colour_bar(
     axes.set_title("anomaly score" + (" (log)" if colours.log else ""), fontsize=8, loc="left")
 
 
-def _scale_bar(figure: Figure, canvas_w: int, canvas_h: int, top_px: int, um_per_px: float, width: int) -> None:
+def _scale_bar(
+    figure: Figure, canvas_w: int, canvas_h: int, top_px: int, um_per_px: float, width: int
+) -> None:
     length_um, length_px = scale_bar_px(um_per_px, width)
     x = (_MARGIN_PX + length_px + 8) / canvas_w
     y = 1 - (top_px + 4 + _SCALE_BAR_THICK_PX / 2) / canvas_h
@@ -250,7 +262,9 @@ def _wrap(lines: Sequence[str], width_px: int) -> list[str]:
     return [part for line in lines for part in (textwrap.wrap(line, chars) or [""])]
 
 
-def _tile_raster(corners: np.ndarray, side_l0: float, l0_to_thumb: float, shape: tuple[int, int]) -> np.ndarray:
+def _tile_raster(
+    corners: np.ndarray, side_l0: float, l0_to_thumb: float, shape: tuple[int, int]
+) -> np.ndarray:
     """Thumbnail pixels whose centre lies in one of the squares [x, x + side) x [y, y + side)."""
     raster = np.zeros(shape, bool)
     for x, y in corners.tolist():

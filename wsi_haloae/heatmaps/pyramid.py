@@ -265,7 +265,10 @@ class HeatmapStore:
         for level in range(1, len(shapes)):
             self._build_level(level, shapes[level], progress)
         datasets = [
-            {"path": str(level), "coordinateTransformations": level_transforms(self.mpp_um_yx, level, slide_mpp_um_yx)}
+            {
+                "path": str(level),
+                "coordinateTransformations": level_transforms(self.mpp_um_yx, level, slide_mpp_um_yx),
+            }
             for level in range(len(shapes))
         ]
         multiscale = {"name": self.name, "axes": _AXES, "datasets": datasets, "type": "mean"}

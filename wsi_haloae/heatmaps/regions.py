@@ -152,7 +152,9 @@ def tile_features(
                         ANOMALY_CLASS if columns[score_key][i] > threshold else NORMAL_CLASS
                     ),
                     "measurements": {
-                        name: float32_value(values[i]) for name, values in columns.items() if np.isfinite(values[i])
+                        name: float32_value(values[i])
+                        for name, values in columns.items()
+                        if np.isfinite(values[i])
                     },
                 },
             )
