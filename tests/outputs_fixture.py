@@ -3,7 +3,7 @@ and export tests: the same files and summary fields as `heatmap_slide` writes.
 
 Slide: the session's `small_slide` (2048 x 1536 px at 0.5 µm/px). Heatmap: 16 level-0 px per
 pixel (128 x 96 px at 8 µm/px), computed where the thumbnail shows tissue, 0.3 there except the
-HOT box (heatmap rows/cols) at 3.0; threshold 1.0. Tiles: 128 level-0 px, a 16 x 12 grid.
+WARM box at 1.8 and the HOT box next to it at 3.0 (heatmap rows/cols); threshold 1.0. Tiles: 128 level-0 px, a 16 x 12 grid.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from wsi_haloae.slides.slide import open_slide
 PX_TO_L0 = 16
 TILE_L0 = 128
 THRESHOLD = 1.0
-LOW, HIGH = 0.3, 3.0
-HOT = (slice(16, 32), slice(16, 40))  # heatmap rows, cols: level-0 y 256..512, x 256..640
+LOW, WARM_SCORE, HIGH = 0.3, 1.8, 3.0
+WARM = (slice(16, 32), slice(16, 26))  # heatmap rows, cols: level-0 y 256..512, x 256..416
+HOT = (slice(16, 32), slice(26, 40))  # level-0 y 256..512, x 416..640
 
 
 def make_output_folder(root: Path, slide_path: Path, *, artefact_tiles: tuple[int, ...] = (0,)) -> Path:
@@ -40,6 +41,7 @@ def make_output_folder(root: Path, slide_path: Path, *, artefact_tiles: tuple[in
         mpp = slide.mpp_um
     mask = small.astype(int).sum(axis=-1) < 3 * 215  # not background white
     scores = np.full(shape, LOW, np.float32)
+    scores[WARM] = WARM_SCORE
     scores[HOT] = HIGH
     scores = np.where(mask, scores, np.nan).astype(np.float32)
     store = HeatmapStore.open(

@@ -102,7 +102,15 @@ def _level0(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_outputs_exist_and_describe_the_run(
     done: Path, small_slide: SyntheticSlide, trained: TrainedModel
 ) -> None:
-    for name in (STORE_NAME, TILES_NAME, REGIONS_NAME, OVERLAY_NAME, TOP_TILES_NAME, SCORES_NAME, SUMMARY_NAME):
+    for name in (
+        STORE_NAME,
+        TILES_NAME,
+        REGIONS_NAME,
+        OVERLAY_NAME,
+        TOP_TILES_NAME,
+        SCORES_NAME,
+        SUMMARY_NAME,
+    ):
         assert (done / name).exists(), name
     assert TILES_NAME.endswith(".gz") and (done / TILES_NAME).read_bytes()[:2] == b"\x1f\x8b"
     assert not (done / ".resume").exists()
@@ -449,3 +457,26 @@ def _bands_done(store: Path) -> int:
         return len(attrs["wsi_haloae"]["bands_done"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def test_also_export_qupath_writes_the_ome_tiff_of_a_finished_run(
+    done_coarse: Path, small_slide: SyntheticSlide, run_dir: Path, tmp_path: Path
+) -> None:
+    import tifffile
+    from ome_types import from_xml
+
+    config = tmp_path / "heatmap.yaml"
+    config.write_text("mpp_um: 2.0\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\n")
+    command = ["heatmap", str(small_slide.path), "--model", str(run_dir), "--out", str(done_coarse.parent)]
+    result = CliRunner().invoke(
+        main, [*command, "--config", str(config), "--no-progress", "--also-export", "qupath"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "(0 scored now" in result.output and "heatmap.ome.tif" in result.output  # no rescoring
+    summary = json.loads((done_coarse / SUMMARY_NAME).read_text())
+    heat, mask = _level0(done_coarse)
+    with tifffile.TiffFile(done_coarse / "heatmap.ome.tif") as tif:
+        np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), heat)
+        pixels = from_xml(tif.ome_metadata).images[0].pixels
+    assert [pixels.physical_size_y, pixels.physical_size_x] == summary["heatmap"]["mpp_um_yx"]
+    assert (done_coarse / "heatmap_overlay.png").is_file() and (done_coarse / TOP_TILES_NAME).is_file()

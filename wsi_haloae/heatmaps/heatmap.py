@@ -679,7 +679,15 @@ def _write_outputs(
             "level": region_level,
             "min_area_um2": cfg.min_region_um2,
         },
-        "files": [STORE_NAME, tiles_name, REGIONS_NAME, OVERLAY_NAME, TOP_TILES_NAME, SCORES_NAME, SUMMARY_NAME],
+        "files": [
+            STORE_NAME,
+            tiles_name,
+            REGIONS_NAME,
+            OVERLAY_NAME,
+            TOP_TILES_NAME,
+            SCORES_NAME,
+            SUMMARY_NAME,
+        ],
     }
 
 

@@ -111,7 +111,7 @@ class ViewerData:
         deepzoom = self.slide_tiles.deepzoom
         colours = self.base_colours
         stops = [
-            "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in colours.colour_of_position(p))
+            "#" + "".join(f"{round(c * 255):02x}" for c in colours.colour_of_position(p))
             for p in np.linspace(0, 1, 11)
         ]
         finite = self._coarse
@@ -194,13 +194,13 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server_version = "wsi-haloae-viewer"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the standard signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def do_HEAD(self) -> None:  # noqa: N802 - the standard library's name
+    def do_HEAD(self) -> None:
         self._respond(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._respond(head=False)
 
     def _respond(self, head: bool) -> None:
