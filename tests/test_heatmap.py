@@ -480,3 +480,14 @@ def test_also_export_qupath_writes_the_ome_tiff_of_a_finished_run(
         pixels = from_xml(tif.ome_metadata).images[0].pixels
     assert [pixels.physical_size_y, pixels.physical_size_x] == summary["heatmap"]["mpp_um_yx"]
     assert (done_coarse / "heatmap_overlay.png").is_file() and (done_coarse / TOP_TILES_NAME).is_file()
+
+
+def test_plain_tiles_geojson_on_request_without_rescoring(
+    done_coarse: Path, small_slide: SyntheticSlide, trained: TrainedModel, tmp_path: Path
+) -> None:
+    shutil.copytree(done_coarse, tmp_path / done_coarse.name)
+    result = heatmap_slide(small_slide.path, trained, tmp_path, dataclasses.replace(COARSE, tiles_gzip=False))
+    assert result.computed_tiles == 0
+    plain = tmp_path / done_coarse.name / "tiles.geojson"
+    assert not (tmp_path / done_coarse.name / TILES_NAME).exists()
+    assert json.loads(plain.read_text()) == read_feature_collection(done_coarse / TILES_NAME)

@@ -618,7 +618,7 @@ def _write_outputs(
         heatmap_to_l0=geometry.px_to_l0 * 2**overlay_level,
         l0_to_thumb=1.0 / l0_per_thumb_px,
         colours=score_colours(threshold, heat[computed]),
-        vmin=min(0.0, float(np.nanmin(heat[computed])) if computed.any() else 0.0, threshold - 1.0),
+        vmin=_bar_bottom(heat[computed], threshold),
         regions=[r.geometry for r in regions],
         title=f"{Path(slide.path).name}: anomaly score ({trained.run_dir.name})",
         mpp_um=mpp_x,
@@ -689,6 +689,12 @@ def _write_outputs(
             SUMMARY_NAME,
         ],
     }
+
+
+def _bar_bottom(scores: np.ndarray, threshold: float) -> float:
+    """The colour bar's lowest label: 0, or the lowest score if negative, below the threshold."""
+    lowest = min(0.0, float(np.nanmin(scores))) if scores.size else 0.0
+    return lowest if lowest < threshold else threshold - max(1.0, abs(threshold))
 
 
 def _statistics(values: np.ndarray) -> dict[str, float]:
