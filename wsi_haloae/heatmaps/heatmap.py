@@ -623,8 +623,8 @@ def _write_outputs(
         title=f"{Path(slide.path).name}: anomaly score ({trained.run_dir.name})",
         mpp_um=mpp_x,
         footer=[
-            f"slide {Path(slide.path).name} · {mpp_x:.4g} µm/px · tiles {plan.grid.tile_size_px} px at level "
-            f"{plan.grid.level} (÷{plan.grid.tile_size_l0 / plan.grid.tile_size_px:.3g}) · model {trained.run_dir.name}",
+            f"slide {Path(slide.path).name} · {mpp_x:.4g} µm/px · tiles {plan.grid.tile_size_px} px "
+            f"({plan.grid.tile_size_l0} level-0 px) · model {trained.run_dir.name}",
             f"threshold {threshold:.4g}" + (f" ({threshold_source})" if threshold_source else ""),
             f"{len(plan.selection)} tissue tiles, {anomalous} above the threshold, {len(regions)} regions"
             + (f", {int(artefact.sum())} artefact tiles" if artefact is not None else ""),
