@@ -161,3 +161,39 @@ def test_page_shows_the_heatmap_over_the_tissue(browser, server, small_slide) ->
     readout = _wait(browser, "return window.wsiViewer.lastReadout")
     assert f"heatmap {HIGH:.4g}".rstrip(".") in readout.replace("3.000", "3"), readout
     assert "x " in readout and "µm" in readout
+
+
+def test_threshold_and_opacity_sliders_rerender_the_heatmap(browser, server) -> None:
+    browser.get(server.url)
+    _wait(browser, "const s = window.wsiViewer; return s && s.ready && s.loaded.slide && s.loaded.heatmap")
+    data = server.data
+    mask = data.heatmap._whole_level(0)[1]
+    r, c = next(
+        (r, c) for r in range(50, 90) for c in range(70, 120) if mask[r - 2 : r + 3, c - 2 : c + 3].all()
+    )
+    osd_top = browser.execute_script("return document.getElementById('osd').getBoundingClientRect().top")
+
+    def pixel() -> np.ndarray:
+        x, y = browser.execute_script(
+            f"return window.wsiViewer.imageToElement({(c + 0.5) * PX_TO_L0}, {(r + 0.5) * PX_TO_L0})"
+        )
+        shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")).astype(int)
+        sy, sx = round(y + osd_top), round(x)
+        return shot[sy - 2 : sy + 3, sx - 2 : sx + 3].reshape(-1, 3).mean(axis=0)
+
+    untinted = pixel()  # low-score tissue (0.3) below the threshold 1.0
+    # the threshold slider down to ~0.1: the low tissue is now above it and gets the ramp colour
+    browser.execute_script(
+        "const e = document.getElementById('threshold'); e.value = 33; e.dispatchEvent(new Event('change'));"
+    )
+    _wait(browser, "const s = window.wsiViewer; return s.threshold < 0.2 && s.loaded.heatmap")
+    time.sleep(0.5)
+    tinted = pixel()
+    assert np.abs(tinted - untinted).max() > 30, (untinted, tinted)
+    # opacity 0 hides it again
+    browser.execute_script(
+        "const e = document.getElementById('opacity'); e.value = 0; e.dispatchEvent(new Event('input'));"
+    )
+    time.sleep(0.5)
+    assert np.abs(pixel() - untinted).max() < 8
+    assert THRESHOLD == 1.0
