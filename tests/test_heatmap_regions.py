@@ -4,6 +4,7 @@ class in tiles.geojson, their own count in summary.json, and stay out of the ano
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from collections import Counter
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_artefacts_are_their_own_class_and_never_anomaly_regions(artefact_slide,
     # threshold 0: every tile is above it, so every scored tissue pixel would be in a region
     folder = heatmap_slide(artefact_slide.path, trained, tmp_path, CFG).out_dir
     summary = json.loads((folder / SUMMARY_NAME).read_text())
-    features = json.loads((folder / TILES_NAME).read_text())["features"]
+    features = json.loads(gzip.decompress((folder / TILES_NAME).read_bytes()))["features"]
     names = Counter(f["properties"]["classification"]["name"] for f in features)
     artefacts = summary["artefacts"]
     assert artefacts["qc"] == "report" and artefacts["tiles"] == sum(artefacts["by_kind"].values())

@@ -110,6 +110,7 @@ class HeatmapConfig:
     min_inside: float = field(default=0.5, metadata={"range": "[0, 1]"})
     tissue_mask: str | None = None
     artefacts: Literal["report", "off"] = "report"  # pen/fold/blur QC (`heatmaps.artefacts`)
+    tiles_gzip: bool = True  # tiles.geojson.gz (QuPath reads it as is); False writes plain tiles.geojson
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:
