@@ -65,6 +65,8 @@ def test_artefacts_are_their_own_class_and_never_anomaly_regions(artefact_slide,
             len(scores["score_mean"]) == summary["tiles"]["tissue"]
             and np.isfinite(scores["score_mean"]).all()
         )
+        flagged = [f["properties"]["classification"]["name"].startswith("Artefact") for f in features]
+        assert scores["artefact"].tolist() == flagged  # per-tile flags for the viewer and the overlay
     boxes = [
         shapely.geometry.shape(f["geometry"])
         for f in features
