@@ -46,7 +46,7 @@ import torch
 
 from .. import __version__
 from ..annotations import write_feature_collection
-from ..config import HeatmapConfig, to_dict
+from ..config import HeatmapConfig, check_ranges, to_dict
 from ..errors import ConfigError, OutputError, SlideError
 from ..files import check_unique_stems, write_atomically
 from ..model.device import resolve_device
@@ -142,6 +142,7 @@ def heatmap_slide(
     runner does); by default one is built from `cfg` on the device the model is on.
     """
     started = time.perf_counter()
+    check_ranges(cfg, "heatmap settings")
     slide_path = Path(slide_path)
     folder = Path(out_dir) / slide_path.stem
     if engine is None:

@@ -20,7 +20,7 @@ import queue
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..config import check_ranges
 from ..errors import ConfigError, OutputError, SlideError
 from ..files import check_unique_stems, ensure_writable_dir, write_atomically
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
@@ -324,19 +325,19 @@ class TileConfig:
     dropped; `max_tiles` (with `seed`) samples that many tiles uniformly across all slides.
     """
 
-    mpp_um: float | None = None
-    level: int | None = None
-    assume_mpp_um: float | None = None
-    tile_size_px: int = DEFAULT_TILE_SIZE_PX
-    stride_px: int | None = None
-    min_tissue: float = DEFAULT_MIN_TISSUE
+    mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    level: int | None = field(default=None, metadata={"range": "[0, inf)"})
+    assume_mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    tile_size_px: int = field(default=DEFAULT_TILE_SIZE_PX, metadata={"range": "[1, inf)"})
+    stride_px: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    min_tissue: float = field(default=DEFAULT_MIN_TISSUE, metadata={"range": "[0, 1]"})
     image_format: Literal["png", "jpeg"] = "png"
-    max_tiles: int | None = None
-    seed: int = 0
-    workers: int = 0
-    batch_size: int = DEFAULT_BATCH_SIZE
+    max_tiles: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    seed: int = field(default=0, metadata={"range": "[0, inf)"})
+    workers: int = field(default=0, metadata={"range": "[0, inf)"})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"range": "[1, inf)"})
     backend: Literal["openslide", "tiffslide"] = "openslide"
-    thumbnail_px: int = DEFAULT_THUMBNAIL_PX
+    thumbnail_px: int = field(default=DEFAULT_THUMBNAIL_PX, metadata={"range": "[16, inf)"})
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,7 @@ def check_tile_job(slides: list[Path], out_dir: Path, cfg: TileConfig) -> None:
         raise ConfigError(f"max tiles {cfg.max_tiles} must be at least 1")
     if cfg.image_format not in ("png", "jpeg"):
         raise ConfigError(f"tile format {cfg.image_format!r} is not one of png, jpeg")
+    check_ranges(cfg, "tile settings")
     ensure_writable_dir(out_dir)
 
 

@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, check_ranges, to_dict
 from ..errors import CheckpointError, ConfigError, OutputError
 from ..files import ensure_writable_dir
 from ..model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
@@ -80,6 +80,7 @@ def train(
             raise ConfigError(f"{name} is {getattr(cfg, name)}; it must be at least 1")
     if not (cfg.loss_cls or cfg.loss_fm or cfg.loss_im):
         raise ConfigError("loss_cls, loss_fm and loss_im are all false; keep at least one loss term")
+    check_ranges(cfg, "train config")
     device = resolve_device(cfg.device)
     paths = find_tiles(tiles)
     ensure_writable_dir(out)
