@@ -115,7 +115,7 @@ class HeatmapConfig:
     # outline simplification tolerance, heatmap px
     simplify_px: float = field(default=1.0, metadata={"range": "[0, inf)"})
     # OME-Zarr chunk side; also the band height of streaming writes
-    chunk_px: int = field(default=512, metadata={"range": "[16, inf)"})
+    chunk_px: int = field(default=512, metadata={"range": "[1, inf)"})
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:
