@@ -295,3 +295,40 @@ def test_tifffile_log_lines_do_not_precede_our_error(small_slide: SyntheticSlide
         line for line in result.stderr.strip().splitlines() if "tifffile" in line or "error" in line.lower()
     ]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "truncated.tiff" in lines[0], result.stderr
+
+
+def test_a_cohort_ends_without_dask_warnings_or_leaked_semaphores(
+    synthetic_slide_factory, tmp_path: Path
+) -> None:
+    """A real process: the resource tracker's "leaked semaphore" UserWarning and the nanny's
+    "still alive after 4.0 seconds, killing" are printed at interpreter and cluster shutdown."""
+    slides = [str(synthetic_slide_factory(1024, 1024, anomalies=0, seed=seed).path) for seed in (21, 22)]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_haloae.cli",
+            "tile",
+            *slides,
+            "--out",
+            str(tmp_path / "o"),
+            "--mpp",
+            "2",
+            "--tile-size",
+            "64",
+            "--dask-workers",
+            "2",
+            "--dashboard",
+            ":0",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 0, result.stderr
+    noise = [line for line in result.stderr.splitlines() if " INFO " not in line and line.strip()]
+    assert noise == [], result.stderr
+    assert "2 slides:" in result.stdout
