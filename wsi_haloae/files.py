@@ -109,8 +109,8 @@ def disk_full_error(path: str | Path) -> OutputError:
         free = "unknown"
     return OutputError(
         f"cannot write {path} (No space left on device): {free} free in {folder}; free space there or "
-        "choose another --out, then rerun the same command to finish (written work is kept, and the "
-        "output is not marked complete)"
+        "choose another --out, then rerun the same command to finish (train: add --resume); written "
+        "work is kept and the output is not marked complete"
     )
 
 
