@@ -265,7 +265,7 @@ def test_a_real_torch_save_onto_a_full_disk_is_one_line(
 def test_a_real_3_mb_tmpfs(small_slide: SyntheticSlide, run_dir: Path, tmp_path: Path) -> None:
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=False).returncode:
         pytest.skip("mount -t tmpfs failed here (a container without CAP_SYS_ADMIN?)")
     try:
         (mount / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 + 900 * 1024))
@@ -291,7 +291,7 @@ def test_a_real_3_mb_tmpfs(small_slide: SyntheticSlide, run_dir: Path, tmp_path:
             assert line.startswith("error: ") and ("No space left" in line or "free space" in line), line
         assert not list(mount.rglob("manifest.csv")) and not list(mount.rglob(SUMMARY_NAME))
     finally:
-        subprocess.run(["umount", str(mount)])
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 # ---------------------------------------------------------------- crafted model files
@@ -512,6 +512,15 @@ def test_a_second_training_into_a_locked_folder_is_refused_before_writing(
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no config.yaml, metrics or checkpoint
 
 
+HOLD_LOCK = """
+import sys
+from wsi_haloae.files import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
 def test_two_concurrent_cli_trainings_one_is_refused(tiles: Path, tmp_path: Path) -> None:
     """The second `train` into a folder another process holds exits 2 with the holder's pid."""
     out = tmp_path / "run"
@@ -519,8 +528,7 @@ def test_two_concurrent_cli_trainings_one_is_refused(tiles: Path, tmp_path: Path
         [
             sys.executable,
             "-c",
-            "import sys, time; from wsi_haloae.files import output_lock\n"
-            "with output_lock(sys.argv[1]):\n    print('locked', flush=True); sys.stdin.read()",
+            HOLD_LOCK,
             str(out),
         ],
         stdin=subprocess.PIPE,
@@ -561,7 +569,7 @@ def test_the_run_config_is_written_atomically(
 def test_train_refuses_tiles_whose_size_differs_from_the_manifest(tiles: Path, tmp_path: Path) -> None:
     mixed = tmp_path / "tiles"
     shutil.copytree(tiles, mixed)
-    victim = sorted(mixed.rglob("tiles/*.png"))[0]
+    victim = min(mixed.rglob("tiles/*.png"))
     Image.new("RGB", (128, 128), (200, 100, 150)).save(victim)
     with pytest.raises(DataError, match=r"is 128 x 128 px but .*manifest.csv says 64 px"):
         train(_tiny(1), mixed, tmp_path / "run", progress=False)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from wsi_haloae import files
 from wsi_haloae.cli import main
-from wsi_haloae.errors import ConfigError, NoTissueError, OutputError
+from wsi_haloae.errors import ConfigError, OutputError
 from wsi_haloae.files import check_unique_stems, ensure_writable_dir
 from wsi_haloae.slides.slide import open_slide
 from wsi_haloae.slides.synthetic import SyntheticSlide

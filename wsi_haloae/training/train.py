@@ -16,6 +16,7 @@ The run folder `out` receives:
     metrics.jsonl           one JSON object per epoch: mean losses, α, seconds, images/s
     checkpoints/last.pt     the state after the last finished epoch, for `resume=True`
     model.safetensors       the trained model with its normalisation map and training scores
+    .lock                   locked (`files.output_lock`) while a run writes: a second run is refused
 
 A resumed run reproduces the uninterrupted one exactly on the CPU: samples depend only on
 (seed, epoch, index) and the checkpoint holds everything else that changes (weights, Adam moments,
