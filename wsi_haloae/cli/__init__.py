@@ -45,14 +45,6 @@ def main(verbose: int, quiet: bool) -> None:
     )
     # dask reads this when distributed is first imported, in this process and in its workers
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if verbose > 1 else "warning")
-    # multiprocessing's resource tracker (a separate process, started later, that reads this)
-    # unlinks the semaphores of dask's killed worker processes and then warns "leaked semaphore"
-    # at every cohort's end: nothing is left behind, so the warning is noise
-    quiet_tracker = "ignore::UserWarning:multiprocessing.resource_tracker"
-    if verbose <= 1 and quiet_tracker not in os.environ.get("PYTHONWARNINGS", ""):
-        os.environ["PYTHONWARNINGS"] = ",".join(
-            filter(None, [os.environ.get("PYTHONWARNINGS"), quiet_tracker])
-        )
     for noisy in ("distributed", "PIL", "matplotlib", "asyncio", "numcodecs", "fsspec", "tifffile"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # tifffile logs its own WARNING/ERROR lines about a damaged file before our one-line error
