@@ -31,7 +31,7 @@ def write_atomically(
     """
     path = Path(path)
     try:
-        _make_folder(path.parent)
+        _make_folder(path.parent, path)
         tmp, tmp_name = _open_temp(path)
         try:
             with tmp:
@@ -65,13 +65,14 @@ def _open_temp(path: Path) -> tuple[IO[bytes], str]:
     return os.fdopen(handle, "wb"), tmp_name
 
 
-def _make_folder(folder: Path) -> None:
-    """mkdir -p, with OutputError naming the file that stands where a folder is wanted."""
+def _make_folder(folder: Path, target: Path | None = None) -> None:
+    """mkdir -p, with OutputError naming `target` (default: the folder) and the file that stands
+    where a folder is wanted."""
     for parent in (folder, *folder.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise OutputError(
-                    f"cannot write to {folder}: {parent} is a file, not a folder; "
+                    f"cannot write to {target or folder}: {parent} is a file, not a folder; "
                     "move the file away or choose another --out"
                 )
             break
