@@ -29,7 +29,7 @@ from wsi_haloae.cli import main
 from wsi_haloae.config import HeatmapConfig, TrainConfig, load_config
 from wsi_haloae.errors import CheckpointError, DataError, OutputError
 from wsi_haloae.files import output_lock
-from wsi_haloae.heatmaps.heatmap import SCORES_NAME, STORE_NAME, SUMMARY_NAME, heatmap_slide
+from wsi_haloae.heatmaps.heatmap import SCORES_NAME, STORE_NAME, SUMMARY_NAME, TILES_NAME, heatmap_slide
 from wsi_haloae.slides.synthetic import SyntheticSlide
 from wsi_haloae.slides.tiles import TileConfig, write_tiles
 from wsi_haloae.training.checkpoint import MODEL_FILE, TrainedModel, load_train_state, load_trained
@@ -117,7 +117,7 @@ def _assert_same_heatmap(expected: Path, got: Path) -> None:
             zarr.open_group(expected / STORE_NAME, mode="r")[array][:],
             zarr.open_group(got / STORE_NAME, mode="r")[array][:],
         )
-    for name in ("tiles.geojson", "regions.geojson", "overlay.png"):
+    for name in (TILES_NAME, "regions.geojson", "overlay.png"):
         assert (expected / name).read_bytes() == (got / name).read_bytes(), name
     with np.load(expected / SCORES_NAME) as a, np.load(got / SCORES_NAME) as b:
         for key in a.files:
@@ -179,12 +179,12 @@ def test_heatmap_disk_full_in_an_output_file_then_rerun_is_identical(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def open_temp(path: Path):  # type: ignore[no-untyped-def]
-        if path.name == "tiles.geojson":  # every band is written: the outputs come next
+        if path.name == TILES_NAME:  # every band is written: the outputs come next
             raise _enospc()
         return _original_open_temp(path)
 
     monkeypatch.setattr(files, "_open_temp", open_temp)
-    with pytest.raises(OutputError, match="tiles.geojson .No space left on device"):
+    with pytest.raises(OutputError, match=rf"{TILES_NAME} .No space left on device"):
         heatmap_slide(small_slide.path, trained, tmp_path, CFG)
     folder = tmp_path / small_slide.path.stem
     assert not (folder / SUMMARY_NAME).exists()

@@ -116,6 +116,7 @@ class HeatmapConfig:
     simplify_px: float = field(default=1.0, metadata={"range": "[0, inf)"})
     # OME-Zarr chunk side; also the band height of streaming writes
     chunk_px: int = field(default=512, metadata={"range": "[1, inf)"})
+    tiles_gzip: bool = True  # tiles.geojson.gz (QuPath reads it as is); False writes plain tiles.geojson
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:
