@@ -92,12 +92,14 @@ def tile_command(
     a cohort on dask: a failing slide is recorded in OUT/cohort.csv and the others go on.
     """
     from ..cohort import expand_slides, tile_cohort
+    from ..config import replace
     from ..errors import ConfigError
     from ..slides.tiles import TileConfig, write_tiles
 
     if mpp_um is not None and level is not None:
         raise ConfigError(f"--mpp {mpp_um} and --level {level} both set the resolution; give only one")
-    cfg = TileConfig(
+    cfg = replace(
+        TileConfig(),
         mpp_um=mpp_um,
         level=level,
         assume_mpp_um=assume_mpp_um,

@@ -28,17 +28,14 @@ before), and ends with files identical to an uninterrupted run (on the CPU with 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +45,16 @@ import torch
 
 from .. import __version__
 from ..annotations import write_feature_collection
-from ..config import HeatmapConfig, to_dict
+from ..config import HeatmapConfig, check_ranges, to_dict
 from ..errors import ConfigError, OutputError, SlideError
-from ..files import check_unique_stems, write_atomically
+from ..files import (
+    LOCK_NAME,  # noqa: F401  (the lock moved to files.py, train uses it too)
+    check_free_space,
+    check_unique_stems,
+    disk_full_is_an_output_error,
+    output_lock,
+    write_atomically,
+)
 from ..model.device import resolve_device
 from ..slides.grid import TileGrid
 from ..slides.qc import TileQC, qc_tiles
@@ -78,7 +82,6 @@ REGIONS_NAME = "regions.geojson"
 OVERLAY_NAME = "overlay.png"
 SCORES_NAME = "tile_scores.npz"
 SUMMARY_NAME = "summary.json"
-LOCK_NAME = ".lock"
 RESUME_DIR = ".resume"
 SUMMARY_FORMAT = "wsi-haloae/heatmap-summary/1"
 STORE_FINGERPRINT_FORMAT = 1
@@ -152,6 +155,7 @@ def heatmap_slide(
     runner does); by default one is built from `cfg` on the device the model is on.
     """
     started = time.perf_counter()
+    check_ranges(cfg, "heatmap settings")
     slide_path = Path(slide_path)
     folder = Path(out_dir) / slide_path.stem
     if engine is None:
@@ -161,7 +165,11 @@ def heatmap_slide(
             f"the engine normalises by {engine.scorer.normalisation}, the config by {cfg.normalisation}"
         )
     timings: dict[str, float] = {}
-    with open_slide(slide_path, backend=cfg.backend) as slide, output_lock(folder):
+    with (
+        open_slide(slide_path, backend=cfg.backend) as slide,
+        output_lock(folder),
+        disk_full_is_an_output_error(folder),
+    ):
         clock = time.perf_counter()
         plan = _plan(slide, trained, cfg)
         timings["tissue_s"] = time.perf_counter() - clock
@@ -180,9 +188,7 @@ def heatmap_slide(
             return _result(
                 slide_path, folder, finished, computed=0, resumed=0, seconds=time.perf_counter() - started
             )
-        # from here on the folder's outputs change: it is not finished until the summary is back
-        (folder / SUMMARY_NAME).unlink(missing_ok=True)
-
+        # the store checks its fingerprint before anything is written: a refused rerun changes nothing
         store = HeatmapStore.open(
             folder / STORE_NAME,
             plan.geometry.shape_yx,
@@ -190,7 +196,10 @@ def heatmap_slide(
             chunk_px=cfg.chunk_px,
             fingerprint=fingerprint,
         )
+        # from here on the folder's outputs change: it is not finished until the summary is back
+        (folder / SUMMARY_NAME).unlink(missing_ok=True)
         resumed = len(store.bands_done())
+        check_free_space(folder, _bytes_still_needed(plan, store), f"the heatmap of {slide_path.name}")
         run_record: dict[str, Any] = {"computed_tiles": 0, "bands_resumed": resumed}
         if not store.complete:
             # scores of an earlier store in this folder (deleted to recompute) must not survive
@@ -278,35 +287,6 @@ def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
     )
 
 
-@contextmanager
-def output_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (`fcntl.flock` on `folder/.lock`) for the block,
-    creating the folder if need be.
-
-    Raises OutputError naming the holder's pid when another run (in any process) holds it. The
-    lock goes with the process, so a killed run never leaves a stale one behind.
-    """
-    path = Path(folder) / LOCK_NAME
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"cannot create {path} ({exc.strerror}); choose a writable --out") from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputError(
-                f"another run is writing {folder} (pid {holder}); wait for it or choose another --out"
-            ) from None
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(handle)  # closing the descriptor releases the lock
-
-
 def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
     """Grid, tissue, selected tiles and heatmap geometry of a slide (reads only a thumbnail)."""
     if slide.mpp_um is None and cfg.assume_mpp_um is None:
@@ -335,7 +315,12 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         ) from exc
     if cfg.tissue_mask is None:
         selection = select_tiles(
-            grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(slide.path)
+            grid,
+            tissue.mask,
+            tissue.downsample,
+            min_tissue=cfg.min_tissue,
+            slide_name=str(slide.path),
+            colourless=tissue.colourless,
         )
     else:
         tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
@@ -346,6 +331,16 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         ).selection
     geometry = HeatmapGeometry.for_grid(grid, band_px=cfg.chunk_px)
     return _Plan(grid, tissue, selection, geometry, (float(mpp_um_xy[0]), float(mpp_um_xy[1])))
+
+
+def _bytes_still_needed(plan: _Plan, store: HeatmapStore) -> int:
+    """A generous estimate of what the rest of the job writes: the unwritten part of the store
+    uncompressed (float32 score + uint8 mask per pixel, a third more for the pyramid, tissue
+    chunks only) plus about 1 KiB per tile for the GeoJSON and score files."""
+    height, width = plan.geometry.shape_yx
+    tissue = len(plan.selection) / max(1, len(plan.grid))
+    left = 0.0 if store.complete else 1.0 - len(store.bands_done()) / max(1, store.band_count)
+    return int(height * width * 5 * 4 / 3 * tissue * left) + 1024 * len(plan.selection)
 
 
 def _heatmap_mpp_yx(plan: _Plan) -> tuple[float, float]:
