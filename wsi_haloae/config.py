@@ -68,6 +68,9 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     channels_last: bool = True  # CUDA only
     score_percentile: float = 99.0  # default heatmap threshold: this percentile of training scores
+    # stain normalisation fitted on the training tiles at the end of training, applied to them
+    # for calibration and, by `heatmap`, to every scored tile (`wsi_haloae.model.stain`)
+    stain_normalisation: Literal["none", "macenko", "reinhard"] = "none"
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,9 @@ class HeatmapConfig:
     threshold is `threshold` if given, else the `threshold_percentile` (default: the model's
     `score_percentile`) of the training scores stored with the model. `normalisation` makes
     anomaly maps relative to the median training map (default) or the mean one (the paper's),
-    see `wsi_haloae.model.anomaly`.
+    see `wsi_haloae.model.anomaly`. `tissue_aware` scores a tile from its tissue pixels only (the
+    slide's tissue mask at heatmap resolution), against reference maps and training scores made
+    the same way; false gives the scores of every pixel (the behaviour before, for measurement).
     """
 
     mpp_um: float | None = None
@@ -103,6 +108,7 @@ class HeatmapConfig:
     min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
     simplify_px: float = 1.0  # outline simplification tolerance, heatmap px
     chunk_px: int = 512  # OME-Zarr chunk side; also the band height of streaming writes
+    tissue_aware: bool = True
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:

@@ -62,6 +62,11 @@ from .cohort_options import cohort_options
     type=click.Choice(["median", "mean"]),
     help="Score |map - training map| against the median training map (default) or the mean (the paper's).",
 )
+@click.option(
+    "--tissue-aware/--no-tissue-aware",
+    default=None,
+    help="Score tiles from their tissue pixels only (default) or from every pixel (the old scores).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def heatmap_command(
     slides: tuple[str, ...],
@@ -81,6 +86,7 @@ def heatmap_command(
     no_bf16: bool,
     threshold: float | None,
     normalisation: str | None,
+    tissue_aware: bool | None,
     scheduler: str | None,
     dask_workers: int | None,
     dashboard: str,
@@ -114,6 +120,7 @@ def heatmap_command(
         compile=compile_model,
         threshold=threshold,
         normalisation=normalisation,
+        tissue_aware=tissue_aware,
         bf16=False if no_bf16 else None,
     )
     paths = expand_slides(slides)

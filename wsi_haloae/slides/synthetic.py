@@ -12,6 +12,10 @@ from its own level-0 coordinates, so any region renders on its own and tiles joi
   "foreign" (a cross-hatched grey-green texture), "stain" (a dark blue or brown blob), "fold"
   (tissue overlaid on a shifted copy of itself, darker). A pixel shows an anomaly exactly when its
   centre lies inside the anomaly's polygon, so the polygons are the exact ground truth.
+- Stain shift (`stain_shift` > 0): the same slide as another lab would stain it. Every pixel's
+  optical density is unmixed with Ruifrok & Johnston's haematoxylin and eosin vectors (plus their
+  cross product as a residual) and remixed with other H&E vectors, `stain_shift` of the way to
+  Macenko's reference vectors (1: all the way). Tissue, anomalies and layout stay the same.
 
 Shapes are polygons star-shaped about their centre (one vertex per angle step), which makes the
 point-in-polygon test a constant-time, vectorised check: find the angular sector, test one edge.
@@ -154,6 +158,7 @@ class SyntheticSlide:
     tissue: Polygon | MultiPolygon
     tissue_shapes: tuple[StarShape, ...]
     anomalies: tuple[PlantedAnomaly, ...]
+    stain_shift: float = 0.0
 
     @property
     def texture_mpp_um(self) -> float:
@@ -171,12 +176,14 @@ def write_synthetic_slide(
     seed: int = 0,
     tissue: TissueLayout = "blobs",
     progress: bool = False,
+    stain_shift: float = 0.0,
 ) -> SyntheticSlide:
     """Write a synthetic pyramidal slide of width_px × height_px level-0 px to `path`.
 
     `mpp_um` is stored in the file (None writes no resolution, for testing slides without mpp;
     the textures then use 0.5 µm/px). `anomalies` are planted in the tissue, kinds cycling
-    foreign, stain, fold. Levels halve down to a longer side below 1024 px. The file appears at
+    foreign, stain, fold. `stain_shift` in [0, 2] restains it with other H&E vectors (see the
+    module docstring; 0, the default, writes the slide without). Levels halve down to a longer side below 1024 px. The file appears at
     `path` only once complete; scratch space of about width × height bytes is used next to it.
 
     Raises ConfigError for bad parameters (or anomalies that do not fit the tissue) and
@@ -184,7 +191,14 @@ def write_synthetic_slide(
     """
     path = Path(path)
     slide = plan_synthetic_slide(
-        path, width_px, height_px, mpp_um=mpp_um, anomalies=anomalies, seed=seed, tissue=tissue
+        path,
+        width_px,
+        height_px,
+        mpp_um=mpp_um,
+        anomalies=anomalies,
+        seed=seed,
+        tissue=tissue,
+        stain_shift=stain_shift,
     )
     sizes = _level_sizes(width_px, height_px)
     total_tiles = sum(math.ceil(w / TILE_PX) * math.ceil(h / TILE_PX) for w, h in sizes)
@@ -240,6 +254,7 @@ def plan_synthetic_slide(
     anomalies: int = 0,
     seed: int = 0,
     tissue: TissueLayout = "blobs",
+    stain_shift: float = 0.0,
 ) -> SyntheticSlide:
     """The layout `write_synthetic_slide` would write, without writing it (same arguments)."""
     if width_px < MIN_SIDE_PX or height_px < MIN_SIDE_PX:
@@ -259,6 +274,8 @@ def plan_synthetic_slide(
         raise ConfigError(f"seed {seed} must be 0 or more")
     if tissue not in get_args(TissueLayout):
         raise ConfigError(f"tissue layout {tissue!r} must be one of {', '.join(get_args(TissueLayout))}")
+    if not 0.0 <= stain_shift <= 2.0:
+        raise ConfigError(f"stain shift {stain_shift} must be in [0, 2] (0: none, 1: Macenko's H&E vectors)")
     rng = np.random.default_rng(seed)
     texture_mpp = NOMINAL_MPP_UM if mpp_um is None else mpp_um
     if tissue == "full":
@@ -268,7 +285,9 @@ def plan_synthetic_slide(
         shapes = _tissue_blobs(rng, width_px, height_px, texture_mpp)
         region = shapes[0].polygon if len(shapes) == 1 else MultiPolygon([s.polygon for s in shapes])
     planted = _plant_anomalies(rng, anomalies, width_px, height_px, texture_mpp, shapes)
-    return SyntheticSlide(Path(path), (width_px, height_px), mpp_um, seed, tissue, region, shapes, planted)
+    return SyntheticSlide(
+        Path(path), (width_px, height_px), mpp_um, seed, tissue, region, shapes, planted, stain_shift
+    )
 
 
 def render_region(slide: SyntheticSlide, x_l0: int, y_l0: int, size_px: tuple[int, int]) -> np.ndarray:
@@ -292,6 +311,8 @@ def render_region(slide: SyntheticSlide, x_l0: int, y_l0: int, size_px: tuple[in
             if _paint(inside, anomaly.shape, x, y):
                 look = _anomaly_texture(anomaly.kind, index, u_um, v_um, slide.seed, texture)
                 rgb = np.where(inside[..., None], look, rgb)
+    if slide.stain_shift:
+        rgb = _restain(rgb, slide.stain_shift)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -585,6 +606,29 @@ def _anomaly_texture(
     return tissue * overlay / 255 * 0.97
 
 
+# Stain OD vectors (rows; columns R, G, B): Ruifrok & Johnston's H and E, which the textures are
+# unmixed with, and Macenko et al.'s reference H and E, which a stain shift of 1 remixes them with.
+_STAINS_RUIFROK = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])
+_STAINS_OTHER_LAB = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
+
+
+def _stain_basis(stains: np.ndarray) -> np.ndarray:
+    """(2, 3) H and E OD vectors -> (3, 3) unit rows H, E and the residual H x E."""
+    rows = stains / np.linalg.norm(stains, axis=1, keepdims=True)
+    residual = np.cross(rows[0], rows[1])
+    return np.vstack([rows, residual / np.linalg.norm(residual)])
+
+
+def _restain(rgb: np.ndarray, shift: float) -> np.ndarray:
+    """(h, w, 3) float RGB in [0, 255] stained as with H&E vectors `shift` of the way from
+    Ruifrok's to the other lab's: unmix the optical density with one basis, remix with the other."""
+    source = _stain_basis(_STAINS_RUIFROK)
+    target = _stain_basis(_STAINS_RUIFROK + shift * (_STAINS_OTHER_LAB - _STAINS_RUIFROK))
+    od = -np.log((np.clip(rgb, 0, 255) + 1) / 256)
+    restained = od @ np.linalg.inv(source) @ target
+    return (256 * np.exp(-restained) - 1).astype(np.float32)
+
+
 def _paint(mask: np.ndarray, shape: StarShape, x_l0: np.ndarray, y_l0: np.ndarray) -> bool:
     """OR the points of grid x_l0 (w,) × y_l0 (h,) (both increasing) inside `shape` into `mask`
     (h, w); returns whether any was inside. Only the window of the shape's bounds is tested."""
@@ -633,6 +677,8 @@ def _page_options(slide: SyntheticSlide, level: int, size: tuple[int, int]) -> d
             f"wsi-haloae synthetic slide: {slide.size[0]}x{slide.size[1]} px, "
             f"mpp {slide.mpp_um}, seed {slide.seed}, tissue {slide.layout}, {len(slide.anomalies)} anomalies"
         )
+        if slide.stain_shift:
+            options["description"] += f", stain shift {slide.stain_shift:g}"
     if slide.mpp_um is not None:
         mpp_x = slide.mpp_um * slide.size[0] / width_px
         mpp_y = slide.mpp_um * slide.size[1] / height_px
