@@ -40,9 +40,9 @@ SIZE_PX = 4096
 def slides(demo: Path, out: Path, shift: float, seed: int) -> dict[str, tuple[Path, int, int, float]]:
     """name -> (path, anomalies, seed, stain shift); writes the ones the demo has not."""
     table = {
-        "demo (anomalies)": (demo / "slides" / "with-anomalies.tiff", 6, seed + 2, 0.0),
-        f"normal, stain shift {shift:g}": (out / "slides" / "normal-shifted.tiff", 0, seed + 1, shift),
-        f"anomalies, stain shift {shift:g}": (out / "slides" / "anomalies-shifted.tiff", 6, seed + 2, shift),
+        "demo": (demo / "slides" / "with-anomalies.tiff", 6, seed + 2, 0.0),
+        "normal-shifted": (out / "slides" / "normal-shifted.tiff", 0, seed + 1, shift),
+        "anomalies-shifted": (out / "slides" / "anomalies-shifted.tiff", 6, seed + 2, shift),
     }
     for path, anomalies, slide_seed, stain_shift in table.values():
         if not path.is_file():
@@ -110,24 +110,40 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--stain-shift", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0, help="the demo's --seed")
+    parser.add_argument(
+        "--rows",
+        default="none:all,none:tissue,macenko:tissue,reinhard:tissue",
+        help="stain normalisation:scores (all = every pixel, tissue = tissue-aware), comma-separated",
+    )
+    parser.add_argument("--slides", default="demo,normal-shifted,anomalies-shifted")
     args = parser.parse_args()
     table = slides(args.demo, args.out, args.stain_shift, args.seed)
     print(
-        "| stain normalisation | scores | slide | tiles | tile AUROC | FP normal | FP border (n) "
+        f"stain shift {args.stain_shift:g}\n| stain normalisation | scores | slide | tiles | tile AUROC | FP normal | FP border (n) "
         "| FP interior | TPR | anomalies found |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
-    for method, tissue_aware in (("none", False), ("none", True), ("macenko", True), ("reinhard", True)):
-        trained = load_trained(model(args.demo, args.out, method))
+    for row in args.rows.split(","):
+        method, mode = row.split(":")
+        tissue_aware = mode == "tissue"
+        if method == "none" and not tissue_aware:
+            trained = load_trained(args.demo / "run")  # the demo's model as `wsi-haloae demo` trained it
+        else:
+            trained = load_trained(model(args.demo, args.out, method))
         cfg = HeatmapConfig(mpp_um=TILE_MPP_UM, workers=0, tissue_aware=tissue_aware)
-        mode = "tissue-aware" if tissue_aware else "all pixels"
-        for name, (path, anomalies, slide_seed, shift) in table.items():
-            heatmaps = args.out / "heatmaps" / f"{method}-{'tissue' if tissue_aware else 'all'}"
-            result = heatmap_slide(path, trained, heatmaps, cfg)
+        for name in args.slides.split(","):
+            path, anomalies, slide_seed, shift = table[name]
+            if method == "none" and not tissue_aware and name == "demo" and (args.demo / "heatmaps").is_dir():
+                out_dir = args.demo / "heatmaps" / path.stem  # what `wsi-haloae demo` measured
+                threshold = trained.threshold(None, cfg.normalisation)
+            else:
+                heatmaps = args.out / "heatmaps" / f"{method}-{mode}"
+                result = heatmap_slide(path, trained, heatmaps, cfg)
+                out_dir, threshold = result.out_dir, result.threshold
             truth = plan_synthetic_slide(
                 path, SIZE_PX, SIZE_PX, anomalies=anomalies, seed=slide_seed, stain_shift=shift
             )
-            m = measure(result.out_dir, truth, result.threshold)
+            m = measure(out_dir, truth, threshold)
             found = f"{m['found']}/{m['planted']}" if m["planted"] else "–"
             print(
                 f"| {method} | {mode} | {name} | {m['tiles']} | {m['auroc']:.3f} | {m['fp']:.3f} | "

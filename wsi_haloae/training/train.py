@@ -352,7 +352,13 @@ def calibrate(
         with their glass filled as tissue-aware `heatmap` fills it, and the tissue (N, T, T)."""
         for images, tissue in tqdm(loader, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
             images, tissue = images.to(device, non_blocking=True), tissue.to(device)
-            yield run(images), run(fill_glass(images, tissue)), tissue
+            error = run(images)
+            filled = error.clone()
+            # filling changes only tiles with glass: the model runs again on those alone
+            glass = (~tissue).flatten(1).any(dim=1).nonzero().flatten()
+            if len(glass):
+                filled[glass] = run(fill_glass(images[glass], tissue[glass]))
+            yield error, filled, tissue
 
     total = torch.zeros(size_px, size_px, dtype=torch.float64, device=device)
     tissue_total = torch.zeros_like(total)
