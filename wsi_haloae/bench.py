@@ -256,6 +256,7 @@ def benchmark_heatmap(
             bf16=bf16,
             compile=compile,
             normalisation=cfg.normalisation,
+            tissue_aware=cfg.tissue_aware,
         )
         with _PeakMemory() as memory:
             heatmap_slide(path, trained, tmp / "out", cfg, progress, engine=engine)
