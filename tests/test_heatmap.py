@@ -123,8 +123,12 @@ def test_outputs_exist_and_describe_the_run(
     # one heatmap px per 4 tile px: 8 level-0 px, 4 µm
     assert summary["heatmap"]["shape_yx"] == [192, 256] and summary["heatmap"]["mpp_um_yx"] == [4.0, 4.0]
     assert summary["heatmap"]["px_to_l0"] == 8.0 and summary["heatmap"]["levels"] == 1
-    assert summary["threshold"]["value"] == pytest.approx(trained.threshold(normalisation="median"))
-    assert summary["threshold"]["source"] == "percentile 99 of 16 training tile scores (median)"
+    # tissue-aware by default: the training scores made from tissue pixels only
+    assert summary["threshold"]["value"] == pytest.approx(
+        trained.threshold(normalisation="median", tissue_aware=True)
+    )
+    assert summary["threshold"]["source"] == "percentile 99 of 16 training tile scores (tissue_median)"
+    assert summary["fingerprint"]["tissue_aware"] is True
     tiles = summary["tiles"]
     assert tiles["grid"] == 192 and 0 < tiles["anomalous"] < tiles["tissue"] < 192
     assert summary["run"]["computed_tiles"] == tiles["tissue"] and summary["run"]["bands_resumed"] == 0

@@ -120,7 +120,11 @@ def check_rules(name: str, imports: set[str]) -> list[str]:
     if name.startswith(NO_TORCH_PREFIXES):
         broken += [f"{name} imports {b}: this layer must stay free of it" for b in NO_TORCH if b in tops]
     if own == "model":
-        broken += [f"{name} imports {b}: the model knows nothing of slides or outputs" for b in MODEL_MUST_NOT if b in tops]
+        broken += [
+            f"{name} imports {b}: the model knows nothing of slides or outputs"
+            for b in MODEL_MUST_NOT
+            if b in tops
+        ]
     return broken
 
 

@@ -153,6 +153,10 @@ def test_stored_normalisation_matches_a_per_tile_reference(
         torch.testing.assert_close(trained.train_scores[name], scores[name], rtol=1e-5, atol=1e-7)
         assert trained.train_scores[name].shape == (8,)
         assert trained.threshold(100, name) == trained.train_scores[name].max().item()
+        # tissue-aware: the same tiles, with their tissue from their own pixels
+        tissue_scores = trained.train_scores[f"tissue_{name}"]
+        assert tissue_scores.shape == (8,) and torch.isfinite(tissue_scores).all()
+        assert trained.threshold(100, name, tissue_aware=True) == tissue_scores.max().item()
 
 
 def test_cli_train_writes_a_complete_run(

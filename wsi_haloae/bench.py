@@ -256,6 +256,7 @@ def benchmark_heatmap(
             bf16=bf16,
             compile=compile,
             normalisation=cfg.normalisation,
+            tissue_aware=cfg.tissue_aware,
         )
         with _PeakMemory() as memory:
             heatmap_slide(path, trained, tmp / "out", cfg, progress, engine=engine)
@@ -370,6 +371,6 @@ def _untrained(config: TrainConfig, folder: Path, device: torch.device) -> Train
     torch.manual_seed(config.seed)
     model = HaloAE(config.model).eval()
     size = config.model.image_size_px
-    zeros = {name: torch.zeros(size, size) for name in ("mean", "median")}
+    zeros = {name: torch.zeros(size, size) for name in ("mean", "median", "tissue_mean", "tissue_median")}
     save_trained(folder / MODEL_FILE, model, config, zeros, {name: torch.zeros(1) for name in zeros})
     return load_trained(folder, device)

@@ -77,6 +77,9 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     # default heatmap threshold: this percentile of training scores
     score_percentile: float = field(default=99.0, metadata={"range": "[0, 100]"})
+    # stain normalisation fitted on the training tiles at the end of training, applied to them
+    # for calibration and, by `heatmap`, to every scored tile (`wsi_haloae.model.stain`)
+    stain_normalisation: Literal["none", "macenko", "reinhard"] = "none"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,9 @@ class HeatmapConfig:
     threshold is `threshold` if given, else the `threshold_percentile` (default: the model's
     `score_percentile`) of the training scores stored with the model. `normalisation` makes
     anomaly maps relative to the median training map (default) or the mean one (the paper's),
-    see `wsi_haloae.model.anomaly`.
+    see `wsi_haloae.model.anomaly`. `tissue_aware` scores a tile from its tissue pixels only (the
+    slide's tissue mask at heatmap resolution), against reference maps and training scores made
+    the same way; false gives the scores of every pixel (the behaviour before, for measurement).
     """
 
     mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
@@ -124,6 +129,7 @@ class HeatmapConfig:
     tissue_mask: str | None = None
     artefacts: Literal["report", "off"] = "report"  # pen/fold/blur QC (`heatmaps.artefacts`)
     tiles_gzip: bool = True  # tiles.geojson.gz (QuPath reads it as is); False writes plain tiles.geojson
+    tissue_aware: bool = True
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:

@@ -71,6 +71,11 @@ from .region_options import region_options
     help="Score |map - training map| against the median training map (default) or the mean (the paper's).",
 )
 @click.option(
+    "--tissue-aware/--no-tissue-aware",
+    default=None,
+    help="Score tiles from their tissue pixels only (default) or from every pixel (the old scores).",
+)
+@click.option(
     "--also-export",
     "also_export",
     multiple=True,
@@ -104,6 +109,7 @@ def heatmap_command(
     tissue_mask: str | None,
     artefacts: str | None,
     normalisation: str | None,
+    tissue_aware: bool | None,
     scheduler: str | None,
     dask_workers: int | None,
     dashboard: str,
@@ -139,6 +145,7 @@ def heatmap_command(
         compile=compile_model,
         threshold=threshold,
         normalisation=normalisation,
+        tissue_aware=tissue_aware,
         bf16=False if no_bf16 else None,
         include=include or None,
         exclude=exclude or None,

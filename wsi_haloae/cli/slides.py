@@ -29,6 +29,13 @@ from .bench import parse_size
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write the anomaly mask PNG (1/16 scale) and GeoJSON here.",
 )
+@click.option(
+    "--stain-shift",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Restain with other H&E vectors: 0 none, 1 Macenko's reference vectors (range 0-2).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def make_slide(
     out: Path,
@@ -38,6 +45,7 @@ def make_slide(
     seed: int,
     tissue: str,
     ground_truth_dir: Path | None,
+    stain_shift: float,
     progress: bool,
 ) -> None:
     """Write a synthetic pyramidal slide (tiled JPEG BigTIFF) with planted anomalies to OUT."""
@@ -57,6 +65,7 @@ def make_slide(
         seed=seed,
         tissue=tissue,  # type: ignore[arg-type]
         progress=progress,
+        stain_shift=stain_shift,
     )
     kinds = ", ".join(a.kind for a in slide.anomalies) or "none"
     tissue_percent = 100 * slide.tissue.area / (width_px * height_px)

@@ -31,6 +31,11 @@ import click
 )
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--workers", type=int, help="DataLoader worker processes (0 = load in this process).")
+@click.option(
+    "--stain-normalisation",
+    type=click.Choice(["none", "macenko", "reinhard"]),
+    help="Fit a stain normalisation on the tiles after training; store it with the model for heatmap.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def train_command(
@@ -41,6 +46,7 @@ def train_command(
     backbone_weights: str | None,
     device: str | None,
     workers: int | None,
+    stain_normalisation: str | None,
     resume: bool,
     progress: bool,
 ) -> None:
@@ -59,7 +65,7 @@ def train_command(
                 "run's recipe with --config, or delete the folder to start over"
             )
     cfg = load_config(config_path, TrainConfig) if config_path is not None else TrainConfig()
-    cfg = replace(cfg, epochs=epochs, device=device, workers=workers)
+    cfg = replace(cfg, epochs=epochs, device=device, workers=workers, stain_normalisation=stain_normalisation)
     if backbone_weights is not None:
         cfg = dataclasses.replace(cfg, model=replace(cfg.model, backbone_weights=backbone_weights))
     run = train(cfg, tiles, out, resume=resume, progress=progress)

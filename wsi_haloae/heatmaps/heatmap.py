@@ -164,6 +164,10 @@ def heatmap_slide(
         raise ValueError(
             f"the engine normalises by {engine.scorer.normalisation}, the config by {cfg.normalisation}"
         )
+    elif engine.scorer.tissue_aware != cfg.tissue_aware:
+        raise ValueError(
+            f"the engine's tissue_aware is {engine.scorer.tissue_aware}, the config's {cfg.tissue_aware}"
+        )
     timings: dict[str, float] = {}
     with (
         open_slide(slide_path, backend=cfg.backend) as slide,
@@ -284,6 +288,7 @@ def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
         bf16=cfg.bf16,
         compile=cfg.compile,
         normalisation=cfg.normalisation,
+        tissue_aware=cfg.tissue_aware,
     )
 
 
@@ -354,9 +359,12 @@ def _threshold(trained: TrainedModel, cfg: HeatmapConfig) -> tuple[float, str]:
     percentile = (
         trained.config.score_percentile if cfg.threshold_percentile is None else cfg.threshold_percentile
     )
-    value = trained.threshold(percentile, cfg.normalisation)
-    count = len(trained.train_scores[cfg.normalisation])
-    return value, f"percentile {percentile:g} of {count} training tile scores ({cfg.normalisation})"
+    value = trained.threshold(percentile, cfg.normalisation, cfg.tissue_aware)
+    key = trained.scores_key(cfg.normalisation, cfg.tissue_aware)
+    return (
+        value,
+        f"percentile {percentile:g} of {len(trained.train_scores[key])} training tile scores ({key})",
+    )
 
 
 def model_digest(trained: TrainedModel) -> str:
@@ -367,6 +375,8 @@ def model_digest(trained: TrainedModel) -> str:
         **{f"model.{k}": v for k, v in trained.model.state_dict().items()},
         "mean_map": trained.mean_map,
         "median_map": trained.median_map,
+        **{f"tissue_{k}_map": v for k, v in (trained.tissue_maps or {}).items()},
+        **({} if trained.stain is None else {f"stain.{k}": v for k, v in trained.stain.state_dict().items()}),
     }
     for name in sorted(tensors):
         value = tensors[name].detach().cpu().contiguous()
@@ -400,6 +410,7 @@ def _fingerprint(
         "thumbnail_px": cfg.thumbnail_px,
         "precision": engine.precision,
         "normalisation": engine.scorer.normalisation,
+        "tissue_aware": engine.scorer.tissue_aware,
     }
     if cfg.include or cfg.exclude or cfg.tissue_mask is not None:  # they choose the scored tiles
         fingerprint["regions"] = {
@@ -479,7 +490,14 @@ def _score_missing_bands(
     stats = None
     if len(arrivals):
         stats = engine.run(
-            slide, plan.grid, arrivals, sink, workers=workers, batch_size=batch_size, progress=progress
+            slide,
+            plan.grid,
+            arrivals,
+            sink,
+            workers=workers,
+            batch_size=batch_size,
+            progress=progress,
+            tissue=plan.tissue if engine.scorer.tissue_aware else None,
         )
     for band in stitcher.finish():
         flush(band)

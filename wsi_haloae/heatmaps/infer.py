@@ -11,7 +11,10 @@ Three stages overlap:
       -> writer thread fed by a bounded queue: the caller's `sink` (stitching, store writes).
 
 Per tile the anomaly map follows the spec (`model/anomaly.py`): squared feature error, upsampled
-to the tile, |A - mean training map|, 3x3 smoothing; its mean and max are the tile's scores.
+to the tile, |A - mean training map|, 3x3 smoothing; its mean and max are the tile's scores,
+over the tile's tissue pixels only when `run` is given the slide's tissue mask (tissue-aware
+scores: the mask at heatmap resolution travels with each batch to the device). A model trained
+with stain normalisation normalises every batch on the device before the model.
 The map is then averaged over `reduction` x `reduction` pixel blocks on the device, so each
 tile sends back (S / reduction)^2 floats instead of S^2.
 
@@ -40,12 +43,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
+from ..model.anomaly import Normalisation, anomaly_map, feature_error, fill_glass, image_scores
 from ..slides.grid import TileGrid
 from ..slides.slide import Slide
 from ..slides.tiles import iter_tiles, read_tile
+from ..slides.tissue import TissueMask
 from ..training.checkpoint import TrainedModel
-from .stitch import HEATMAP_REDUCTION
+from .stitch import HEATMAP_REDUCTION, tile_tissue_on_heatmap
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,12 @@ class InferStats:
 class TileScorer(nn.Module):
     """HaloAE plus its anomaly-map post-processing, as one module: uint8 tiles -> maps and scores.
 
-    Input (N, S, S, 3) uint8 RGB tiles on the module's device (S = the model's tile size). Output:
-    maps (N, S / reduction, S / reduction) float32, score_mean (N,) and score_max (N,) float32.
-    With `bf16`, the model runs under bf16 autocast; the anomaly maps are always float32.
+    Input (N, S, S, 3) uint8 RGB tiles on the module's device (S = the model's tile size) and,
+    for tissue-aware scores, their tissue (N, S / reduction, S / reduction) bool. Output:
+    maps (N, S / reduction, S / reduction) float32, score_mean (N,) and score_max (N,) float32
+    (over the tissue pixels when `tissue` is given). With `bf16`, the model runs under bf16
+    autocast; the anomaly maps are always float32. The model's stain normaliser (if any) runs
+    first, in float32. `tissue_aware` picks the tissue-aware reference map.
     """
 
     def __init__(
@@ -109,26 +116,36 @@ class TileScorer(nn.Module):
         reduction: int = HEATMAP_REDUCTION,
         bf16: bool = False,
         normalisation: Normalisation = "mean",
+        tissue_aware: bool = False,
     ) -> None:
         super().__init__()
         self.normalisation = normalisation
+        self.tissue_aware = tissue_aware
+        self.stain = trained.stain
         self.size_px = trained.config.model.image_size_px
         if self.size_px % reduction:
             raise ConfigError(f"the model's tile size {self.size_px} px is not a multiple of {reduction}")
         self.model = trained.model
-        self.register_buffer("reference_map", trained.reference_map(normalisation).detach().float())
+        self.register_buffer(
+            "reference_map", trained.reference_map(normalisation, tissue_aware).detach().float()
+        )
         self.reduction = reduction
         self.bf16 = bf16
         self.memory_format = torch.contiguous_format
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, tissue: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         # (N, S, S, 3) -> (N, 3, S, S): a channels_last view, made dense in the model's format
-        x = images.permute(0, 3, 1, 2).float().div(255.0).contiguous(memory_format=self.memory_format)
+        x = images.permute(0, 3, 1, 2).float().div(255.0)
+        if self.stain is not None:
+            x = self.stain(x)
+        if tissue is not None:
+            x = fill_glass(x, tissue)
+        x = x.contiguous(memory_format=self.memory_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.model(x, heads=False)
         error = feature_error(output.fm.float(), output.fm_hat.float())  # (N, F, F)
         maps = anomaly_map(error, self.size_px, self.reference_map)  # (N, S, S)
-        score_mean, score_max = image_scores(maps)
+        score_mean, score_max = image_scores(maps, tissue)
         reduced = F.avg_pool2d(maps.unsqueeze(1), self.reduction).squeeze(1)  # (N, S/r, S/r)
         return reduced, score_mean, score_max
 
@@ -153,6 +170,7 @@ class InferenceEngine:
         compile: bool = False,
         reduction: int = HEATMAP_REDUCTION,
         normalisation: Normalisation = "mean",
+        tissue_aware: bool = False,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size {batch_size} must be at least 1")
@@ -162,7 +180,11 @@ class InferenceEngine:
         self.precision = "bf16" if bf16 and cuda else "fp32"
         self.scorer = (
             TileScorer(
-                trained, reduction=reduction, bf16=self.precision == "bf16", normalisation=normalisation
+                trained,
+                reduction=reduction,
+                bf16=self.precision == "bf16",
+                normalisation=normalisation,
+                tissue_aware=tissue_aware,
             )
             .to(device)
             .eval()
@@ -175,7 +197,7 @@ class InferenceEngine:
         # fixed shapes let cuDNN's autotuner and torch.compile settle on one set of kernels, so
         # the last, shorter batch is padded to the full size with whatever the buffer holds
         self.pad_batches = cuda or compile
-        self._forward: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] = (
+        self._forward: Callable[..., tuple[Tensor, Tensor, Tensor]] = (
             torch.compile(self.scorer) if compile else self.scorer
         )
         self.batch_size = batch_size or choose_batch_size(self.scorer, device)
@@ -190,9 +212,10 @@ class InferenceEngine:
         )
 
     @torch.inference_mode()
-    def score(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Maps (N, T, T), score_mean (N,), score_max (N,) of uint8 tiles (N, S, S, 3) on the device."""
-        return self._forward(images)
+    def score(self, images: Tensor, tissue: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Maps (N, T, T), score_mean (N,), score_max (N,) of uint8 tiles (N, S, S, 3) on the
+        device, scored over their `tissue` (N, T, T) bool pixels when given."""
+        return self._forward(images, tissue)
 
     def run(
         self,
@@ -204,14 +227,19 @@ class InferenceEngine:
         workers: int = 0,
         batch_size: int | None = None,
         progress: bool = False,
+        tissue: TissueMask | None = None,
     ) -> InferStats:
         """Score the grid tiles `indices` of `slide` in order, in batches of `batch_size` (default:
         the engine's), and call `sink` with each batch's `TileMaps`, in order, from a writer thread.
 
         `workers` reader processes decode tiles ahead (0: read in this thread). An exception in
         the sink stops the run and is raised here; one here (or Ctrl-C) stops the writer after
-        the batch it is on. Returns where the time went.
+        the batch it is on. With `tissue` (the slide's mask), each tile is scored over its tissue
+        pixels (`tile_tissue_on_heatmap`), as an engine built `tissue_aware` expects. Returns
+        where the time went.
         """
+        if (tissue is not None) != self.scorer.tissue_aware:
+            raise ValueError("pass the slide's tissue mask exactly when the engine is tissue-aware")
         cuda = self.device.type == "cuda"
         size, batch, map_px = self.tile_size_px, batch_size or self.batch_size, self.map_px
         if grid.tile_size_px != size:
@@ -228,6 +256,10 @@ class InferenceEngine:
             )
             for _ in range(2)
         ]
+        host_tissue = [
+            torch.empty((batch, map_px, map_px), dtype=torch.bool, pin_memory=cuda) for _ in range(2)
+        ]
+        coords_l0 = grid.coordinates()
         uploaded = [torch.cuda.Event() if cuda else None for _ in range(2)]  # recorded on first use
         downloaded = [torch.cuda.Event() if cuda else None for _ in range(2)]
         writer = _SinkThread(sink)
@@ -265,9 +297,20 @@ class InferenceEngine:
                     host_in[slot][:count].copy_(torch.from_numpy(tiles.images))
                     images = host_in[slot] if self.pad_batches else host_in[slot][:count]
                     images = images.to(self.device, non_blocking=True)
+                    on_tissue = None
+                    if tissue is not None:
+                        host_tissue[slot][:count].copy_(
+                            torch.from_numpy(
+                                tile_tissue_on_heatmap(
+                                    tissue.mask, tissue.downsample, coords_l0[tiles.indices], grid, map_px
+                                )
+                            )
+                        )
+                        on_tissue = host_tissue[slot] if self.pad_batches else host_tissue[slot][:count]
+                        on_tissue = on_tissue.to(self.device, non_blocking=True)
                     if uploaded[slot] is not None:
                         uploaded[slot].record()
-                    results = self.score(images)
+                    results = self.score(images) if on_tissue is None else self.score(images, on_tissue)
                     for host, result in zip(host_out[slot], results):
                         host[: len(result)].copy_(result, non_blocking=cuda)
                     if downloaded[slot] is not None:

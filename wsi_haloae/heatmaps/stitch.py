@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..slides.grid import TileGrid
 
-HEATMAP_REDUCTION = 4  # tile pixels per heatmap pixel along each axis
+HEATMAP_REDUCTION = 4  # tile pixels per heatmap pixel along each axis (= model.anomaly.TISSUE_BLOCK_PX)
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,29 @@ def tissue_on_heatmap(
     rows_in, cols_in = rows < mask.shape[0], cols < mask.shape[1]
     out[np.ix_(rows_in, cols_in)] = mask[np.ix_(rows[rows_in], cols[cols_in])]
     return out
+
+
+def tile_tissue_on_heatmap(
+    mask: np.ndarray,
+    mask_downsample: tuple[float, float],
+    coords_l0: np.ndarray,
+    grid: TileGrid,
+    tile_px: int,
+) -> np.ndarray:
+    """Tissue of each tile at heatmap resolution: (N, tile_px, tile_px) bool for tiles at level-0
+    `coords_l0` (N, 2) (x, y) of `grid`, each value the mask pixel under the centre of its block
+    of tile pixels (the rule `tissue_on_heatmap` follows; outside the mask counts as no tissue).
+    These are the pixels a tissue-aware score counts."""
+    sx, sy = mask_downsample
+    step_l0 = grid.tile_size_l0 / tile_px
+    centres = (np.arange(tile_px) + 0.5) * step_l0
+    cols = np.floor((coords_l0[:, :1] + centres[None]) / sx).astype(np.int64)  # (N, T)
+    rows = np.floor((coords_l0[:, 1:] + centres[None]) / sy).astype(np.int64)
+    inside = (rows < mask.shape[0])[:, :, None] & (cols < mask.shape[1])[:, None, :]
+    values = mask[
+        np.minimum(rows, mask.shape[0] - 1)[:, :, None], np.minimum(cols, mask.shape[1] - 1)[:, None, :]
+    ]
+    return values & inside
 
 
 @dataclass(frozen=True)

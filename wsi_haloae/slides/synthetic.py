@@ -19,6 +19,10 @@ from its own level-0 coordinates, so any region renders on its own and tiles joi
   artefact exactly when its centre lies in the artefact's polygon. They are drawn from a
   generator of their own, so a slide without artefacts is byte-identical to one written before
   they existed.
+- Stain shift (`stain_shift` > 0): the same slide as another lab would stain it. Every pixel's
+  optical density is unmixed with Ruifrok & Johnston's haematoxylin and eosin vectors (plus their
+  cross product as a residual) and remixed with other H&E vectors, `stain_shift` of the way to
+  Macenko's reference vectors (1: all the way). Tissue, anomalies and layout stay the same.
 
 Shapes are polygons star-shaped about their centre (one vertex per angle step), which makes the
 point-in-polygon test a constant-time, vectorised check: find the angular sector, test one edge.
@@ -182,6 +186,7 @@ class SyntheticSlide:
     tissue_shapes: tuple[StarShape, ...]
     anomalies: tuple[PlantedAnomaly, ...]
     artefacts: tuple[PlantedArtefact, ...] = ()
+    stain_shift: float = 0.0
 
     @property
     def texture_mpp_um(self) -> float:
@@ -200,13 +205,16 @@ def write_synthetic_slide(
     tissue: TissueLayout = "blobs",
     artefacts: Iterable[ArtefactKind] = (),
     progress: bool = False,
+    stain_shift: float = 0.0,
 ) -> SyntheticSlide:
     """Write a synthetic pyramidal slide of width_px × height_px level-0 px to `path`.
 
     `mpp_um` is stored in the file (None writes no resolution, for testing slides without mpp;
     the textures then use 0.5 µm/px). `anomalies` are planted in the tissue, kinds cycling
     foreign, stain, fold; `artefacts` lists the artefacts to plant (one per entry, e.g.
-    ("pen", "blur", "fold")), clear of the anomalies. Levels halve down to a longer side below 1024 px. The file appears at
+    ("pen", "blur", "fold")), clear of the anomalies. `stain_shift` in [0, 2] restains it with
+    other H&E vectors (see the module docstring; 0, the default, writes the slide without).
+    Levels halve down to a longer side below 1024 px. The file appears at
     `path` only once complete; scratch space of about width × height bytes is used next to it.
 
     Raises ConfigError for bad parameters (or anomalies that do not fit the tissue) and
@@ -222,6 +230,7 @@ def write_synthetic_slide(
         seed=seed,
         tissue=tissue,
         artefacts=artefacts,
+        stain_shift=stain_shift,
     )
     sizes = _level_sizes(width_px, height_px)
     total_tiles = sum(math.ceil(w / TILE_PX) * math.ceil(h / TILE_PX) for w, h in sizes)
@@ -278,6 +287,7 @@ def plan_synthetic_slide(
     seed: int = 0,
     tissue: TissueLayout = "blobs",
     artefacts: Iterable[ArtefactKind] = (),
+    stain_shift: float = 0.0,
 ) -> SyntheticSlide:
     """The layout `write_synthetic_slide` would write, without writing it (same arguments)."""
     if width_px < MIN_SIDE_PX or height_px < MIN_SIDE_PX:
@@ -297,6 +307,8 @@ def plan_synthetic_slide(
         raise ConfigError(f"seed {seed} must be 0 or more")
     if tissue not in get_args(TissueLayout):
         raise ConfigError(f"tissue layout {tissue!r} must be one of {', '.join(get_args(TissueLayout))}")
+    if not 0.0 <= stain_shift <= 2.0:
+        raise ConfigError(f"stain shift {stain_shift} must be in [0, 2] (0: none, 1: Macenko's H&E vectors)")
     rng = np.random.default_rng(seed)
     texture_mpp = NOMINAL_MPP_UM if mpp_um is None else mpp_um
     if tissue == "full":
@@ -312,7 +324,7 @@ def plan_synthetic_slide(
             raise ConfigError(f"artefact {kind!r} must be one of {', '.join(ARTEFACT_KINDS)}")
     marks = _plant_artefacts(seed, kinds, width_px, height_px, texture_mpp, region, planted) if kinds else ()
     return SyntheticSlide(
-        Path(path), (width_px, height_px), mpp_um, seed, tissue, region, shapes, planted, marks
+        Path(path), (width_px, height_px), mpp_um, seed, tissue, region, shapes, planted, marks, stain_shift
     )
 
 
@@ -321,6 +333,8 @@ def render_region(slide: SyntheticSlide, x_l0: int, y_l0: int, size_px: tuple[in
     whose top-left pixel is (x_l0, y_l0): an (height, width, 3) uint8 RGB array. Defined beyond
     the slide's edges too."""
     rgb = _render_base(slide, x_l0, y_l0, size_px)
+    if slide.stain_shift:  # the lab's staining of the tissue; pen ink and folds lie on top of it
+        rgb = _restain(rgb, slide.stain_shift)
     if slide.artefacts:
         rgb = _render_artefacts(slide, rgb, x_l0, y_l0, size_px)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
@@ -624,6 +638,8 @@ def _render_artefacts(
             sigma_px = _BLUR_SIGMA_UM / slide.texture_mpp_um
             pad = int(math.ceil(4 * sigma_px))
             padded = _render_base(slide, x_l0 - pad, y_l0 - pad, (width_px + 2 * pad, height_px + 2 * pad))
+            if slide.stain_shift:
+                padded = _restain(padded, slide.stain_shift)
             blurred = ndimage.gaussian_filter(padded, sigma=(sigma_px, sigma_px, 0), truncate=4.0)
             look = blurred[pad : pad + height_px, pad : pad + width_px]
         rgb = np.where(inside[..., None], look, rgb)
@@ -770,6 +786,29 @@ def _anomaly_texture(
     return tissue * overlay / 255 * 0.97
 
 
+# Stain OD vectors (rows; columns R, G, B): Ruifrok & Johnston's H and E, which the textures are
+# unmixed with, and Macenko et al.'s reference H and E, which a stain shift of 1 remixes them with.
+_STAINS_RUIFROK = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])
+_STAINS_OTHER_LAB = np.array([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
+
+
+def _stain_basis(stains: np.ndarray) -> np.ndarray:
+    """(2, 3) H and E OD vectors -> (3, 3) unit rows H, E and the residual H x E."""
+    rows = stains / np.linalg.norm(stains, axis=1, keepdims=True)
+    residual = np.cross(rows[0], rows[1])
+    return np.vstack([rows, residual / np.linalg.norm(residual)])
+
+
+def _restain(rgb: np.ndarray, shift: float) -> np.ndarray:
+    """(h, w, 3) float RGB in [0, 255] stained as with H&E vectors `shift` of the way from
+    Ruifrok's to the other lab's: unmix the optical density with one basis, remix with the other."""
+    source = _stain_basis(_STAINS_RUIFROK)
+    target = _stain_basis(_STAINS_RUIFROK + shift * (_STAINS_OTHER_LAB - _STAINS_RUIFROK))
+    od = -np.log((np.clip(rgb, 0, 255) + 1) / 256)
+    restained = od @ np.linalg.inv(source) @ target
+    return (256 * np.exp(-restained) - 1).astype(np.float32)
+
+
 def _paint(mask: np.ndarray, shape: StarShape, x_l0: np.ndarray, y_l0: np.ndarray) -> bool:
     """OR the points of grid x_l0 (w,) × y_l0 (h,) (both increasing) inside `shape` into `mask`
     (h, w); returns whether any was inside. Only the window of the shape's bounds is tested."""
@@ -818,6 +857,8 @@ def _page_options(slide: SyntheticSlide, level: int, size: tuple[int, int]) -> d
             f"wsi-haloae synthetic slide: {slide.size[0]}x{slide.size[1]} px, "
             f"mpp {slide.mpp_um}, seed {slide.seed}, tissue {slide.layout}, {len(slide.anomalies)} anomalies"
         )
+        if slide.stain_shift:
+            options["description"] += f", stain shift {slide.stain_shift:g}"
     if slide.mpp_um is not None:
         mpp_x = slide.mpp_um * slide.size[0] / width_px
         mpp_y = slide.mpp_um * slide.size[1] / height_px

@@ -80,6 +80,26 @@ def tissue_mask(thumbnail_rgb: np.ndarray) -> np.ndarray:
     return _remove_small_objects(mask, min_object_px=int(MIN_OBJECT_FRAC * area) + 1)
 
 
+def tile_tissue(tiles_rgb: np.ndarray, block_px: int) -> np.ndarray:
+    """Tissue masks of tiles at a coarser resolution, by the slide's own rule (`tissue_mask`)
+    applied to each tile's pixels: (N, S, S, 3) uint8 -> (N, S / block_px, S / block_px) bool,
+    True where most of a `block_px` x `block_px` block of pixels is tissue.
+
+    This is how training tiles, which come without their slide, get the tissue mask that
+    tissue-aware scores need (one value per heatmap pixel, `block_px` = 4)."""
+    if tiles_rgb.ndim != 4 or tiles_rgb.shape[-1] != 3 or tiles_rgb.shape[1] % block_px:
+        raise ValueError(
+            f"expected (N, S, S, 3) tiles with S a multiple of {block_px}, got {tiles_rgb.shape}"
+        )
+    count, size = tiles_rgb.shape[0], tiles_rgb.shape[1]
+    side = size // block_px
+    out = np.zeros((count, side, side), bool)
+    for i, tile in enumerate(tiles_rgb):
+        fraction = tissue_mask(tile).reshape(side, block_px, side, block_px).mean(axis=(1, 3))
+        out[i] = fraction >= 0.5
+    return out
+
+
 def detect_tissue(slide: Slide, *, max_size_px: int = DEFAULT_THUMBNAIL_PX) -> TissueMask:
     """The tissue mask of a slide, from a thumbnail at most `max_size_px` on its long side.
 

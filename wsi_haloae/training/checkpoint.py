@@ -8,7 +8,11 @@ A training run folder holds two kinds:
 - `RUN/model.safetensors`, the trained model (`save_trained` / `load_trained`): every weight of
   HaloAE including the frozen backbone (under `model.`), `mean_map` and `median_map` (S, S), the
   per-pixel mean and median anomaly maps of the training tiles, and `train_scores.<mean|median>`
-  (N,), their image scores relative to each map;
+  (N,), their image scores relative to each map; the same made tissue-aware (`tissue_mean_map`,
+  `tissue_median_map`, `train_scores.tissue_<mean|median>`: only each tile's tissue pixels
+  counted, see `train.calibrate`; absent from files written before them); and, when the run
+  normalised stains, `stain.<buffer>` (the fitted `model.stain.StainNormaliser`; its method is
+  the config's `stain_normalisation`);
   metadata `format`, `version` and `config` (the TrainConfig as JSON). Inference needs nothing else.
 
 Both are written to a temporary file in the destination folder, flushed to disk, then moved over
@@ -40,12 +44,14 @@ from ..files import write_atomically
 from ..model.anomaly import NORMALISATIONS, Normalisation
 from ..model.backbone import VGGFeatures
 from ..model.haloae import HaloAE
+from ..model.stain import StainNormaliser
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "wsi-haloae/train-state/1"
 MODEL_FORMAT = "wsi-haloae/model/2"  # 2: median map, training scores per normalisation
 MODEL_FILE = "model.safetensors"
+_ALL_REFERENCES = (*NORMALISATIONS, *(f"tissue_{name}" for name in NORMALISATIONS))
 _TRAIN_STATE_KEYS = ("model", "optimizer", "epoch", "config", "rng")
 
 
@@ -96,13 +102,21 @@ def save_trained(
     config: TrainConfig,
     reference_maps: Mapping[str, Tensor],
     train_scores: Mapping[str, Tensor],
+    *,
+    stain: StainNormaliser | None = None,
 ) -> None:
     """Write the trained model atomically as safetensors: weights and, per normalisation (mean,
-    median), the reference map (S, S) as `<name>_map` and the training tiles' scores (N,) as
-    `train_scores.<name>`."""
+    median, and optionally tissue_mean, tissue_median), the reference map (S, S) as `<name>_map`
+    and the training tiles' scores (N,) as `train_scores.<name>`; the stain normaliser's buffers
+    as `stain.<name>` (its method must be `config.stain_normalisation`)."""
     size_px = config.model.image_size_px
-    if sorted(reference_maps) != sorted(NORMALISATIONS) or sorted(train_scores) != sorted(NORMALISATIONS):
+    names = sorted(reference_maps)
+    if names not in (sorted(NORMALISATIONS), sorted(_ALL_REFERENCES)) or sorted(train_scores) != names:
         raise ValueError(f"reference_maps and train_scores must have one entry for each of {NORMALISATIONS}")
+    if (stain.method if stain is not None else "none") != config.stain_normalisation:
+        raise ValueError(
+            f"the stain normaliser does not match stain_normalisation {config.stain_normalisation}"
+        )
     if any(tuple(m.shape) != (size_px, size_px) for m in reference_maps.values()):
         raise ValueError(f"reference maps must be ({size_px}, {size_px})")
     if any(scores.ndim != 1 for scores in train_scores.values()):
@@ -112,9 +126,12 @@ def save_trained(
         f"model.{key}": value.detach().cpu().clone(memory_format=torch.contiguous_format)
         for key, value in model.state_dict().items()
     }
-    for name in NORMALISATIONS:
+    for name in names:
         tensors[f"{name}_map"] = reference_maps[name].detach().float().cpu().contiguous()
         tensors[f"train_scores.{name}"] = train_scores[name].detach().float().cpu().contiguous()
+    if stain is not None:
+        for key, value in stain.state_dict().items():
+            tensors[f"stain.{key}"] = value.detach().float().cpu().contiguous()
     metadata = {"format": MODEL_FORMAT, "version": __version__, "config": json.dumps(to_dict(config))}
     blob = safetensors_bytes(tensors, metadata=metadata)
     write_atomically(path, blob, durable=True)
@@ -137,16 +154,33 @@ class TrainedModel:
     median_map: Tensor
     train_scores: dict[str, Tensor]
     run_dir: Path
+    # tissue-aware reference maps {"mean": (S, S), "median": (S, S)} (None: a model from before them)
+    tissue_maps: dict[str, Tensor] | None = None
+    stain: StainNormaliser | None = None
 
-    def reference_map(self, normalisation: Normalisation) -> Tensor:
-        """The training map anomaly maps are made relative to: the mean (the paper's) or the median."""
+    def reference_map(self, normalisation: Normalisation, tissue_aware: bool = False) -> Tensor:
+        """The training map anomaly maps are made relative to: the mean (the paper's) or the
+        median, of every pixel or (`tissue_aware`) of the tissue pixels."""
         if normalisation not in NORMALISATIONS:
             raise ConfigError(f"normalisation {normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
+        if tissue_aware:
+            return self._tissue_maps()[normalisation]
         return self.mean_map if normalisation == "mean" else self.median_map
 
-    def threshold(self, percentile: float | None = None, normalisation: Normalisation = "mean") -> float:
+    def scores_key(self, normalisation: Normalisation, tissue_aware: bool = False) -> str:
+        """The key of `train_scores` made with that reference."""
+        if tissue_aware:
+            self._tissue_maps()
+        return f"tissue_{normalisation}" if tissue_aware else normalisation
+
+    def threshold(
+        self,
+        percentile: float | None = None,
+        normalisation: Normalisation = "mean",
+        tissue_aware: bool = False,
+    ) -> float:
         """The `percentile` (0-100; default `config.score_percentile`) of the training scores
-        normalised by `normalisation`."""
+        normalised by `normalisation` (tissue-aware or not)."""
         q = self.config.score_percentile if percentile is None else percentile
         if not 0.0 <= q <= 100.0:
             if percentile is None:
@@ -155,7 +189,16 @@ class TrainedModel:
                     "pass --threshold or a threshold_percentile in [0, 100], or re-train"
                 )
             raise ConfigError(f"threshold percentile is {q}; use a value between 0 and 100")
-        return float(np.percentile(self.train_scores[normalisation].double().cpu().numpy(), q))
+        scores = self.train_scores[self.scores_key(normalisation, tissue_aware)]
+        return float(np.percentile(scores.double().cpu().numpy(), q))
+
+    def _tissue_maps(self) -> dict[str, Tensor]:
+        if self.tissue_maps is None:
+            raise ConfigError(
+                f"the model in {self.run_dir} has no tissue-aware reference maps (trained before them); "
+                "re-train it, or score with tissue_aware: false (--no-tissue-aware)"
+            )
+        return self.tissue_maps
 
 
 def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -194,18 +237,25 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{file} is not a wsi-haloae model (no '{MODEL_FORMAT}' format tag); {fix}")
     config = _stored_config(file, metadata)
 
-    maps = {name: tensors.pop(f"{name}_map", None) for name in NORMALISATIONS}
-    train_scores = {name: tensors.pop(f"train_scores.{name}", None) for name in NORMALISATIONS}
+    maps = {name: tensors.pop(f"{name}_map", None) for name in _ALL_REFERENCES}
+    train_scores = {name: tensors.pop(f"train_scores.{name}", None) for name in _ALL_REFERENCES}
     absent = [f"{name}_map" for name, v in maps.items() if v is None]
     absent += [f"train_scores.{name}" for name, v in train_scores.items() if v is None]
+    if all(maps[f"tissue_{n}"] is None and train_scores[f"tissue_{n}"] is None for n in NORMALISATIONS):
+        absent = [name for name in absent if "tissue_" not in name]  # a model from before them
     if absent:
         raise CheckpointError(f"{file} lacks {absent[0]} (training did not finish?); {fix}")
     size_px = config.model.image_size_px
     for name, value in maps.items():
-        if tuple(value.shape) != (size_px, size_px):
+        if value is not None and tuple(value.shape) != (size_px, size_px):
             raise CheckpointError(
                 f"{file}: {name}_map is {tuple(value.shape)} but its config says {size_px} px images; {fix}"
             )
+    stain = _stored_stain(
+        file, config, {k: tensors.pop(k) for k in list(tensors) if k.startswith("stain.")}, fix
+    )
+    maps = {name: value for name, value in maps.items() if value is not None}
+    train_scores = {name: value for name, value in train_scores.items() if value is not None}
     for name, value in train_scores.items():
         if value.ndim != 1 or value.numel() == 0:
             raise CheckpointError(
@@ -249,7 +299,36 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         median_map=maps["median"].to(device),
         train_scores=train_scores,
         run_dir=file.parent,
+        tissue_maps=None
+        if "tissue_mean" not in maps
+        else {name: maps[f"tissue_{name}"].to(device) for name in NORMALISATIONS},
+        stain=None if stain is None else stain.to(device),
     )
+
+
+def _stored_stain(
+    file: Path, config: TrainConfig, tensors: dict[str, Tensor], fix: str
+) -> StainNormaliser | None:
+    method = config.stain_normalisation
+    if method == "none":
+        if tensors:
+            raise CheckpointError(
+                f"{file} holds stain tensors but its config says stain_normalisation none; {fix}"
+            )
+        return None
+    stored = {key.removeprefix("stain."): value for key, value in tensors.items()}
+    expected = sorted(StainNormaliser(method).state_dict())
+    if sorted(stored) != expected:
+        odd = sorted(set(expected) ^ set(stored))[0]
+        raise CheckpointError(
+            f"{file}: its {method} stain normalisation cannot be read (stain.{odd} missing or unknown); {fix}"
+        )
+    try:
+        return StainNormaliser(method, **stored)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{file}: its {method} stain normalisation cannot be read ({exc}); {fix}"
+        ) from None
 
 
 def _stored_config(file: Path, metadata: Mapping[str, str]) -> TrainConfig:

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError, DataError
@@ -155,17 +155,26 @@ def seeded_generator(seed: int, *keys: int) -> torch.Generator:
 
 
 class TileDataset(Dataset[Tensor]):
-    """The tiles as they are (no augmentation): item i is `read_tile(paths[i], size_px)`, (3, S, S)."""
+    """The tiles without augmentation: item i is `read_tile(paths[i], size_px)`, (3, S, S), passed
+    through `stain` (a `model.stain.StainNormaliser`) when one is given."""
 
-    def __init__(self, paths: list[Path], size_px: int) -> None:
+    def __init__(self, paths: list[Path], size_px: int, stain: nn.Module | None = None) -> None:
         self.paths = paths
         self.size_px = size_px
+        self.stain = stain
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        return read_tile(self.paths[index], self.size_px)
+        return self.normalise(read_tile(self.paths[index], self.size_px))
+
+    def normalise(self, tile: Tensor) -> Tensor:
+        """`tile` (3, S, S) through the stain normaliser (unchanged without one)."""
+        if self.stain is None:
+            return tile
+        with torch.no_grad():
+            return self.stain(tile[None])[0]
 
 
 class TripletDataset(Dataset[tuple[Tensor, Tensor]]):

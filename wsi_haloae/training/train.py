@@ -38,17 +38,29 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import TrainConfig, check_ranges, to_dict
-from ..errors import CheckpointError, ConfigError, OutputError
+from ..errors import CheckpointError, ConfigError, DataError, OutputError
 from ..files import disk_full_is_an_output_error, ensure_writable_dir, output_lock, write_atomically
-from ..model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
+from ..model.anomaly import (
+    NORMALISATIONS,
+    TISSUE_BLOCK_PX,
+    Normalisation,
+    anomaly_map,
+    feature_error,
+    fill_glass,
+    image_scores,
+    masked_median,
+    upsample_mask,
+)
 from ..model.device import resolve_device
 from ..model.haloae import HaloAE
+from ..model.stain import StainNormaliser, fit_stain_normaliser
+from ..slides.tissue import tile_tissue
 from .checkpoint import MODEL_FILE, load_train_state, save_train_state, save_trained
-from .data import EpochSampler, TileDataset, TripletDataset, find_tiles
+from .data import EpochSampler, TileDataset, TripletDataset, find_tiles, read_tile
 from .losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss
 
 log = logging.getLogger(__name__)
@@ -56,9 +68,17 @@ log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # Tiles whose maps make the median reference map: 1024 maps of 256 x 256 px are 256 MiB
 MEDIAN_SAMPLE = 1024
+# Training tiles the stain normalisation target is fitted on (spread evenly over the set)
+STAIN_FIT_TILES = 256
 # Fields that may differ between a run and its resumption: they do not change what is computed
 # (the backbone's weights travel in the checkpoint, whatever the config says to start from).
-_RESUME_MAY_CHANGE = ("workers", "device", "score_percentile", "model.backbone_weights")
+_RESUME_MAY_CHANGE = (
+    "workers",
+    "device",
+    "score_percentile",
+    "model.backbone_weights",
+    "stain_normalisation",  # fitted after the last epoch
+)
 
 
 def train(
@@ -251,6 +271,10 @@ def train(
         bar.close()
         del loader  # stops its persistent workers before the calibration pass starts its own
 
+        # ---- stain normalisation: fitted now, applied to the calibration tiles and by `heatmap`
+        stain = fit_stain(cfg, tile_set)
+        tile_set.stain = stain
+
         # ---- normalisation map and score distribution of the training tiles
         reference_maps, train_scores = calibrate(
             model,
@@ -262,7 +286,7 @@ def train(
             channels_last=channels_last,
             progress=progress,
         )
-        save_trained(out / MODEL_FILE, model, cfg, reference_maps, train_scores)
+        save_trained(out / MODEL_FILE, model, cfg, reference_maps, train_scores, stain=stain)
         scores = train_scores["median"].double()
         log.info(
             "model written to %s; training scores (median map): median %.4g, p%g %.4g",
@@ -272,6 +296,21 @@ def train(
             torch.quantile(scores, cfg.score_percentile / 100).item(),
         )
     return out
+
+
+def fit_stain(cfg: TrainConfig, tiles: TileDataset) -> StainNormaliser | None:
+    """The stain normaliser `cfg.stain_normalisation` asks for, fitted on at most `STAIN_FIT_TILES`
+    training tiles spread evenly over the set (deterministic), or None for "none"."""
+    if cfg.stain_normalisation == "none":
+        return None
+    chosen = np.unique(np.linspace(0, len(tiles) - 1, min(len(tiles), STAIN_FIT_TILES)).round().astype(int))
+    sample = torch.stack([read_tile(tiles.paths[i], tiles.size_px) for i in chosen.tolist()])
+    try:
+        stain = fit_stain_normaliser(cfg.stain_normalisation, sample)
+    except ValueError as exc:
+        raise DataError(f"{exc}; train with stain_normalisation: none or on tiles with tissue") from None
+    log.info("stain normalisation %s fitted on %d training tiles", cfg.stain_normalisation, len(chosen))
+    return stain
 
 
 @torch.no_grad()
@@ -285,47 +324,102 @@ def calibrate(
     bf16: bool = False,
     channels_last: bool = False,
     progress: bool = False,
-) -> tuple[dict[Normalisation, Tensor], dict[Normalisation, Tensor]]:
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The reference anomaly maps of `tiles` and their image scores relative to each, without augmentation.
 
     Returns, per normalisation, the reference map (S, S): "mean", the average of
     `anomaly_map(feature_error(fm, fm_hat), S)` over the tiles; "median", their per-pixel median
     over at most `MEDIAN_SAMPLE` tiles spread evenly over the set; and the scores (N,) on the
-    CPU: the mean of `anomaly_map(error, S, reference)` per tile. Two passes over the tiles (the
-    second needs the finished references), blocks B and C only.
+    CPU: the mean of `anomaly_map(error, S, reference)` per tile. The same again under
+    "tissue_mean" and "tissue_median", tissue-aware: each tile's tissue mask (`tile_tissue`, from
+    its pixels, one value per `TISSUE_BLOCK_PX` block) fills its glass (`fill_glass`) and decides
+    which of its pixels enter the per-pixel mean and median and its score (`image_scores` with
+    the mask). Two passes over the tiles (the second needs the finished references), each
+    running the model on the tiles as they are and with their glass filled; blocks B and C only.
     """
     model.eval()
-    loader = DataLoader(tiles, batch_size=batch_size, shuffle=False, **_loader_options(workers, device))
+    loader = DataLoader(
+        _TilesWithTissue(tiles), batch_size=batch_size, shuffle=False, **_loader_options(workers, device)
+    )
     size_px = tiles.size_px
 
-    def errors(desc: str) -> Iterator[Tensor]:  # (N, F, F) feature errors, batch by batch
-        for images in tqdm(loader, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                output = model(images, heads=False)
-            yield feature_error(output.fm.float(), output.fm_hat.float())
+    def run(images: Tensor) -> Tensor:  # (N, F, F) feature errors
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            output = model(images, heads=False)
+        return feature_error(output.fm.float(), output.fm_hat.float())
+
+    def errors(desc: str) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Per batch: the feature errors (N, F, F) of the tiles as they are, those of the tiles
+        with their glass filled as tissue-aware `heatmap` fills it, and the tissue (N, T, T)."""
+        for images, tissue in tqdm(loader, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
+            images, tissue = images.to(device, non_blocking=True), tissue.to(device)
+            error = run(images)
+            filled = error.clone()
+            # filling changes only tiles with glass: the model runs again on those alone
+            glass = (~tissue).flatten(1).any(dim=1).nonzero().flatten()
+            if len(glass):
+                filled[glass] = run(fill_glass(images[glass], tissue[glass]))
+            yield error, filled, tissue
 
     total = torch.zeros(size_px, size_px, dtype=torch.float64, device=device)
+    tissue_total = torch.zeros_like(total)
+    tissue_count = torch.zeros_like(total)
     # an even spread, not a random draw: the same tiles whatever the seed or the batch size
     sampled = set(np.linspace(0, len(tiles) - 1, min(len(tiles), MEDIAN_SAMPLE)).round().astype(int).tolist())
     kept: list[Tensor] = []  # feature-resolution errors of the sampled tiles
+    kept_tissue: list[Tensor] = []
     start = 0
-    for error in errors("reference maps"):
-        total += anomaly_map(error, size_px).sum(0, dtype=torch.float64)
+    kept_filled: list[Tensor] = []
+    for error, filled_error, tissue in errors("reference maps"):
+        maps = anomaly_map(error, size_px)
+        total += maps.sum(0, dtype=torch.float64)
+        filled_maps = anomaly_map(filled_error, size_px)
+        weights = upsample_mask(tissue, size_px)
+        tissue_total += torch.where(weights, filled_maps, torch.zeros_like(maps)).sum(0, dtype=torch.float64)
+        tissue_count += weights.sum(0)
         rows = [i for i in range(len(error)) if start + i in sampled]
         kept.append(error[rows].cpu())
+        kept_filled.append(filled_error[rows].cpu())
+        kept_tissue.append(tissue[rows].cpu())
         start += len(error)
+    sample_maps = anomaly_map(torch.cat(kept), size_px)
     references = {
         "mean": (total / len(tiles)).float(),
-        "median": anomaly_map(torch.cat(kept), size_px).median(dim=0).values.to(device),
+        "median": sample_maps.median(dim=0).values.to(device),
     }
-    scores: dict[Normalisation, list[Tensor]] = {name: [] for name in NORMALISATIONS}
-    for error in errors("training scores"):
+    references["tissue_mean"] = torch.where(
+        tissue_count > 0, tissue_total / tissue_count.clamp(min=1), total / len(tiles)
+    ).float()
+    references["tissue_median"] = masked_median(
+        anomaly_map(torch.cat(kept_filled), size_px), torch.cat(kept_tissue), references["median"].cpu()
+    ).to(device)
+    scores: dict[str, list[Tensor]] = {name: [] for name in references}
+    for error, filled_error, tissue in errors("training scores"):
         for name in NORMALISATIONS:
             scores[name].append(image_scores(anomaly_map(error, size_px, references[name]))[0])
+            tissue_map = anomaly_map(filled_error, size_px, references[f"tissue_{name}"])
+            scores[f"tissue_{name}"].append(image_scores(tissue_map, tissue)[0])
     return references, {name: torch.cat(values).cpu() for name, values in scores.items()}
+
+
+class _TilesWithTissue(Dataset[tuple[Tensor, Tensor]]):
+    """The tiles of a `TileDataset` with their tissue masks: item i is (tile (3, S, S),
+    tissue (S / TISSUE_BLOCK_PX,)^2 bool), the mask from the tile's pixels before stain
+    normalisation (as the slide's mask comes from the slide's own colours)."""
+
+    def __init__(self, tiles: TileDataset) -> None:
+        self.tiles = tiles
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        raw = read_tile(self.tiles.paths[index], self.tiles.size_px)
+        pixels = raw.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()[None]
+        tissue = torch.from_numpy(tile_tissue(pixels, TISSUE_BLOCK_PX)[0])
+        return self.tiles.normalise(raw), tissue
 
 
 def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
