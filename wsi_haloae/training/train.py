@@ -47,7 +47,6 @@ from ..files import disk_full_is_an_output_error, ensure_writable_dir, output_lo
 from ..model.anomaly import (
     NORMALISATIONS,
     TISSUE_BLOCK_PX,
-    Normalisation,
     anomaly_map,
     feature_error,
     fill_glass,
