@@ -34,6 +34,12 @@ class ModelConfig:
     features: Literal["pooled", "official"] = "pooled"
     attention: Literal["masked", "uniform"] = "masked"
     block_c: Literal["halo", "cnn"] = "halo"
+    # "zeros": PyTorch's VGG padding; "reflect": the official network's reflection padding before
+    # every convolution (relu3_4 differs near the border, see backbone.py); the paper config uses it.
+    vgg_padding: Literal["zeros", "reflect"] = "zeros"
+    # Anomaly-map post-processing order (model/anomaly.py): "feature-first" is the official
+    # code's (normalise and blur at S/4, then upsample), used by the paper config.
+    map_order: Literal["upsample-first", "feature-first"] = "upsample-first"
     width: float = 1.0
     block_size: int = 12
     halo_size: int = 2

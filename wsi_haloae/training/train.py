@@ -43,7 +43,14 @@ from tqdm import tqdm
 from ..config import TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, OutputError
 from ..files import ensure_writable_dir
-from ..model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
+from ..model.anomaly import (
+    NORMALISATIONS,
+    Normalisation,
+    anomaly_map,
+    feature_error,
+    image_scores,
+    reference_at_features,
+)
 from ..model.device import resolve_device
 from ..model.haloae import HaloAE
 from .checkpoint import MODEL_FILE, load_train_state, save_train_state, save_trained
@@ -305,6 +312,9 @@ def calibrate(
                 output = model(images, heads=False)
             yield feature_error(output.fm.float(), output.fm_hat.float())
 
+    order = model.config.map_order
+    if order == "feature-first":  # references of the raw feature errors, stored nearest-upsampled to S
+        return _calibrate_feature_first(errors, len(tiles), size_px, device)
     total = torch.zeros(size_px, size_px, dtype=torch.float64, device=device)
     # an even spread, not a random draw: the same tiles whatever the seed or the batch size
     sampled = set(np.linspace(0, len(tiles) - 1, min(len(tiles), MEDIAN_SAMPLE)).round().astype(int).tolist())
@@ -323,6 +333,34 @@ def calibrate(
     for error in errors("training scores"):
         for name in NORMALISATIONS:
             scores[name].append(image_scores(anomaly_map(error, size_px, references[name]))[0])
+    return references, {name: torch.cat(values).cpu() for name, values in scores.items()}
+
+
+def _calibrate_feature_first(
+    errors: Any, n_tiles: int, size_px: int, device: torch.device
+) -> tuple[dict[Normalisation, Tensor], dict[Normalisation, Tensor]]:
+    """`calibrate` for `map_order: feature-first`: the mean and median (over at most
+    `MEDIAN_SAMPLE` evenly spread tiles) of the raw (F, F) errors, stored as (S, S) maps constant on
+    S/F blocks (`reference_at_features`); scores are `anomaly_map(error, S, reference, "feature-first")`."""
+    sampled = set(np.linspace(0, n_tiles - 1, min(n_tiles, MEDIAN_SAMPLE)).round().astype(int).tolist())
+    total: Tensor | None = None
+    kept: list[Tensor] = []
+    start = 0
+    for error in errors("reference maps"):
+        summed = error.sum(0, dtype=torch.float64)
+        total = summed if total is None else total + summed
+        kept.append(error[[i for i in range(len(error)) if start + i in sampled]].cpu())
+        start += len(error)
+    assert total is not None
+    references = {
+        "mean": reference_at_features((total / n_tiles).float(), size_px).to(device),
+        "median": reference_at_features(torch.cat(kept).median(dim=0).values, size_px).to(device),
+    }
+    scores: dict[Normalisation, list[Tensor]] = {name: [] for name in NORMALISATIONS}
+    for error in errors("training scores"):
+        for name in NORMALISATIONS:
+            maps = anomaly_map(error, size_px, references[name], "feature-first")
+            scores[name].append(image_scores(maps)[0])
     return references, {name: torch.cat(values).cpu() for name, values in scores.items()}
 
 
