@@ -202,7 +202,20 @@ def test_geojson_reads_back_with_qupath_fields(done: Path) -> None:
     names = [c["name"] for c in tiles["classification"]]
     assert names.count("Anomaly") == summary["tiles"]["anomalous"]
     first = json.loads((done / TILES_NAME).read_text())["features"][0]
-    assert set(first["properties"]["measurements"]) == {"anomaly_score", "max_score", "tissue_fraction"}
+    assert set(first["properties"]["measurements"]) == {
+        "anomaly_score",
+        "max_score",
+        "tissue_fraction",
+        "anomaly_score_normalised",
+    }
+    # normalised scores: in [0, 1], the threshold at 0.5 (heatmaps/calibration.py)
+    threshold = summary["threshold"]["value"]
+    lo, hi = summary["threshold"]["normalised_score_range"]
+    for feature in json.loads((done / TILES_NAME).read_text())["features"]:
+        m = feature["properties"]["measurements"]
+        assert m["anomaly_score_normalised"] == pytest.approx(
+            min(1, max(0, 0.5 + (m["anomaly_score"] - threshold) / (hi - lo)))
+        )
     x0, y0, x1, y1 = tiles.geometry.iloc[0].bounds
     assert (x1 - x0, y1 - y0) == (128, 128) and x0 % 128 == 0  # level-0 px
     regions = gpd.read_file(done / REGIONS_NAME)
@@ -212,6 +225,7 @@ def test_geojson_reads_back_with_qupath_fields(done: Path) -> None:
     areas = [feature["properties"]["measurements"]["area_um2"] for feature in raw]
     assert sum(areas) == pytest.approx(summary["regions"]["total_area_um2"]) and min(areas) >= 500.0
     assert all(r["properties"]["measurements"]["max_score"] > summary["threshold"]["value"] for r in raw)
+    assert all(r["properties"]["measurements"]["max_score_normalised"] > 0.5 for r in raw)
 
 
 def test_rerun_is_a_no_op_and_a_new_threshold_rescores_nothing(

@@ -105,6 +105,9 @@ class HeatmapConfig:
     bf16: bool = True  # autocast on CUDA only
     threshold: float | None = None
     threshold_percentile: float | None = None
+    # a threshold.json of `wsi-haloae validate --choose-threshold` (heatmaps/calibration.py); used
+    # when `threshold` is not given, as is a threshold.json in the model's run folder
+    threshold_file: str | None = None
     normalisation: Literal["median", "mean"] = "median"
     min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
     simplify_px: float = 1.0  # outline simplification tolerance, heatmap px

@@ -56,6 +56,11 @@ from .cohort_options import cohort_options
     type=float,
     help="Anomaly threshold (default: the model's high percentile of its training tile scores).",
 )
+@click.option(
+    "--threshold-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="threshold.json from `wsi-haloae validate --choose-threshold` (default: the model folder's, if any).",
+)
 @cohort_options
 @click.option(
     "--normalisation",
@@ -80,6 +85,7 @@ def heatmap_command(
     compile_model: bool | None,
     no_bf16: bool,
     threshold: float | None,
+    threshold_file: Path | None,
     normalisation: str | None,
     scheduler: str | None,
     dask_workers: int | None,
@@ -113,6 +119,7 @@ def heatmap_command(
         backend=backend,
         compile=compile_model,
         threshold=threshold,
+        threshold_file=None if threshold_file is None else str(threshold_file),
         normalisation=normalisation,
         bf16=False if no_bf16 else None,
     )

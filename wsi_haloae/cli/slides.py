@@ -29,6 +29,12 @@ from .bench import parse_size
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write the anomaly mask PNG (1/16 scale) and GeoJSON here.",
 )
+@click.option(
+    "--cohort",
+    metavar="NORMAL,ABNORMAL",
+    help="Write a validation cohort into the folder OUT instead: NORMAL slides without and ABNORMAL "
+    "with planted anomalies (several kinds and sizes), truth as GeoJSON, ASAP XML and masks, labels.csv.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def make_slide(
     out: Path,
@@ -38,12 +44,16 @@ def make_slide(
     seed: int,
     tissue: str,
     ground_truth_dir: Path | None,
+    cohort: str | None,
     progress: bool,
 ) -> None:
     """Write a synthetic pyramidal slide (tiled JPEG BigTIFF) with planted anomalies to OUT."""
     from ..slides.synthetic import write_ground_truth, write_synthetic_slide
 
     width_px, height_px = parse_size(size)
+    if cohort is not None:
+        _make_cohort(out, cohort, (width_px, height_px), mpp_um, seed, tissue, progress)
+        return
     slide = write_synthetic_slide(
         out,
         width_px,
@@ -63,6 +73,34 @@ def make_slide(
     if ground_truth_dir is not None:
         mask_path, geojson_path = write_ground_truth(slide, ground_truth_dir)
         click.echo(f"ground truth: {mask_path}, {geojson_path}")
+
+
+def _make_cohort(
+    out: Path, cohort: str, size_px: tuple[int, int], mpp_um: float, seed: int, tissue: str, progress: bool
+) -> None:
+    from ..errors import ConfigError
+    from ..slides.synthetic_cohort import STAIN_SHIFT_NOTE, write_cohort
+
+    try:
+        normal, abnormal = (int(v) for v in cohort.split(","))
+    except ValueError:
+        raise ConfigError(f"--cohort {cohort!r} must be NORMAL,ABNORMAL slide counts, e.g. 2,3") from None
+    slides = write_cohort(
+        out,
+        normal=normal,
+        abnormal=abnormal,
+        size_px=size_px,
+        mpp_um=mpp_um,
+        seed=seed,
+        tissue=tissue,
+        progress=progress,
+    )
+    for c in slides:
+        kinds = ", ".join(a.kind for a in c.slide.anomalies) or "none"
+        size = f" ({c.size_name})" if c.size_name else ""
+        click.echo(f"{c.slide.path}: anomalies: {kinds}{size}")
+    click.echo(f"truth: {out / 'truth'} (geojson/, xml/, mask/), labels: {out / 'labels.csv'}")
+    click.echo(f"not written: {STAIN_SHIFT_NOTE}")
 
 
 @click.command("info")

@@ -54,6 +54,7 @@ from ..slides.grid import TileGrid
 from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
+from .calibration import CALIBRATION_NAME, normalise_scores, read_calibration
 from .infer import InferenceEngine, TileMaps, default_workers
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
@@ -155,10 +156,11 @@ def heatmap_slide(
         clock = time.perf_counter()
         plan = _plan(slide, trained, cfg)
         timings["tissue_s"] = time.perf_counter() - clock
-        threshold, threshold_source = _threshold(trained, cfg)
+        threshold, threshold_source, score_range = _threshold(trained, cfg)
         fingerprint = _fingerprint(slide, plan, trained, engine, cfg)
         outputs_key = {
             "threshold": threshold,
+            "score_range": list(score_range),
             "min_region_um2": cfg.min_region_um2,
             "simplify_px": cfg.simplify_px,
         }
@@ -196,13 +198,17 @@ def heatmap_slide(
         clock = time.perf_counter()
         namespace = f"{slide_path.name}:{fingerprint['model_sha256'][:16]}"
         summary = _write_outputs(
-            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings
+            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings, score_range
         )
         summary.update(
             {
                 "format": SUMMARY_FORMAT,
                 "version": __version__,
-                "threshold": {"value": threshold, "source": threshold_source},
+                "threshold": {
+                    "value": threshold,
+                    "source": threshold_source,
+                    "normalised_score_range": list(score_range),  # normalised = 0.5 + (s - value) / (hi - lo)
+                },
                 "settings": to_dict(cfg),
                 "engine": {
                     "device": str(engine.device),
@@ -318,15 +324,32 @@ def _heatmap_mpp_yx(plan: _Plan) -> tuple[float, float]:
     return mpp_y * plan.geometry.px_to_l0, mpp_x * plan.geometry.px_to_l0
 
 
-def _threshold(trained: TrainedModel, cfg: HeatmapConfig) -> tuple[float, str]:
+def _threshold(trained: TrainedModel, cfg: HeatmapConfig) -> tuple[float, str, tuple[float, float]]:
+    """(threshold, where it came from, score range of the normalised scores; see heatmaps/calibration)."""
+    train_scores = trained.train_scores[cfg.normalisation].double()
+    score_range = (float(train_scores.min()), float(train_scores.max()))
+    if score_range[1] <= score_range[0]:
+        score_range = (score_range[0], score_range[0] + 1.0)
+    calibration_file = cfg.threshold_file
+    default_file = trained.run_dir / CALIBRATION_NAME
+    if calibration_file is None and cfg.threshold_percentile is None and default_file.is_file():
+        calibration_file = str(default_file)
+    if cfg.threshold is None and calibration_file is not None:
+        record = read_calibration(
+            calibration_file, model_sha256=model_digest(trained), normalisation=cfg.normalisation
+        )
+        lo, hi = record["score_range"]
+        source = f"calibration file {calibration_file} ({record['method']})"
+        return float(record["threshold"]), source, (float(lo), float(hi))
     if cfg.threshold is not None:
-        return float(cfg.threshold), "given"
+        return float(cfg.threshold), "given", score_range
     percentile = (
         trained.config.score_percentile if cfg.threshold_percentile is None else cfg.threshold_percentile
     )
     value = trained.threshold(percentile, cfg.normalisation)
     count = len(trained.train_scores[cfg.normalisation])
-    return value, f"percentile {percentile:g} of {count} training tile scores ({cfg.normalisation})"
+    source = f"percentile {percentile:g} of {count} training tile scores ({cfg.normalisation})"
+    return value, source, score_range
 
 
 def model_digest(trained: TrainedModel) -> str:
@@ -552,6 +575,7 @@ def _write_outputs(
     cfg: HeatmapConfig,
     namespace: str,
     timings: dict[str, float],
+    score_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Regions, tiles and overlay files; returns the summary's descriptive part. `namespace`
     (slide and model) seeds the features' UUIDs, so reruns write identical GeoJSON."""
@@ -569,7 +593,10 @@ def _write_outputs(
         min_area_um2=cfg.min_region_um2,
         simplify_px=cfg.simplify_px,
     )
-    write_feature_collection(folder / REGIONS_NAME, region_features(regions, id_namespace=namespace))
+    normalise = None if score_range is None else (lambda v: normalise_scores(v, threshold, score_range))
+    write_feature_collection(
+        folder / REGIONS_NAME, region_features(regions, id_namespace=namespace, normalise=normalise)
+    )
     timings["regions_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -579,6 +606,7 @@ def _write_outputs(
         {
             "anomaly_score": scores["score_mean"],
             "max_score": scores["score_max"],
+            **({} if normalise is None else {"anomaly_score_normalised": normalise(scores["score_mean"])}),
             "tissue_fraction": scores["tissue_fraction"],
         },
         threshold=threshold,
