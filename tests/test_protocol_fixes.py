@@ -5,16 +5,21 @@ padding of the VGG convolutions."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsi_haloae.config import ModelConfig, TrainConfig, from_dict, load_config
-from wsi_haloae.model.anomaly import anomaly_map, image_scores, reference_at_features
+from wsi_haloae.model.anomaly import anomaly_map, feature_error, image_scores, reference_at_features
 from wsi_haloae.model.backbone import IMAGENET_MEAN, IMAGENET_STD, RELU3_4, load_backbone
+from wsi_haloae.model.haloae import HaloAE
 from wsi_haloae.slides.synthetic import plan_synthetic_slide, render_region
+from wsi_haloae.training.data import TileDataset
+from wsi_haloae.training.train import calibrate
 from wsi_haloae.validation.evaluate import IMAGE_SCORE, map_order, official_auroc, score_set
 from wsi_haloae.validation.metrics import auroc
 
@@ -65,7 +70,9 @@ def test_a_pixel_auroc_of_0136_stays_0136_under_the_official_protocol() -> None:
     # the defect-free image adds 100 normal pixels at 0: the reference by hand, pair by pair
     pos = score[mask]
     neg = np.concatenate([score[~mask], np.zeros(100)])
-    by_hand = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    by_hand = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+        pos.size * neg.size
+    )
     assert honest["pixel_auroc"] == pytest.approx(by_hand) == official["pixel_auroc"]
     single = score_set(np.array([0.0, 1.0]), labels, [score, score], [mask, mask], flip_labels=True)
     assert single["pixel_auroc"] == pytest.approx(0.136, abs=1e-12)
@@ -92,7 +99,9 @@ def test_feature_first_order_by_hand() -> None:
     error = torch.ones(1, 5, 5)
     error[0, 2, 2] = 5.0
     k = torch.tensor([0.0, 0.25, 0.5, 0.25, 0.0])
-    torch.testing.assert_close(anomaly_map(error, 5, torch.ones(5, 5), "feature-first")[0], 4 * torch.outer(k, k))
+    torch.testing.assert_close(
+        anomaly_map(error, 5, torch.ones(5, 5), "feature-first")[0], 4 * torch.outer(k, k)
+    )
     # upsample-first blurs at 20 x 20 instead: the peak stays higher, the spread narrower
     assert float(anomaly_map(error, 20, torch.ones(20, 20))[0].max()) > float(
         anomaly_map(error, 20, torch.ones(5, 5), "feature-first")[0].max()
@@ -136,3 +145,30 @@ def test_reflect_padding_changes_relu3_4_only_near_the_border() -> None:
     assert float(diff[:, ring].mean() / size[:, ring].mean()) > 0.2
     assert float(diff[:, 12:-12, 12:-12].abs().max()) == 0.0
     assert RELU3_4 == 17
+
+
+def test_calibration_in_the_feature_first_order(tmp_path) -> None:
+    """References of raw (F, F) errors, stored block-constant at S; training scores in that order."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"t{i}.png")
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    tiny = load_config("configs/tiny.yaml", TrainConfig).model
+    logging.disable(logging.WARNING)
+    try:
+        model = HaloAE(dataclasses.replace(tiny, map_order="feature-first")).eval()
+    finally:
+        logging.disable(logging.NOTSET)
+    tiles = TileDataset(paths, 64)
+    references, scores = calibrate(model, tiles, torch.device("cpu"), batch_size=2)
+    with torch.no_grad():
+        images = torch.stack([tiles[i] for i in range(5)])
+        output = model(images, heads=False)
+        errors = feature_error(output.fm, output.fm_hat)  # (5, 16, 16)
+    torch.testing.assert_close(
+        references["mean"], reference_at_features(errors.mean(0), 64), rtol=1e-5, atol=1e-7
+    )
+    torch.testing.assert_close(references["median"], reference_at_features(errors.median(0).values, 64))
+    expected = image_scores(anomaly_map(errors, 64, references["median"], "feature-first"))[0]
+    torch.testing.assert_close(scores["median"], expected, rtol=1e-5, atol=1e-7)

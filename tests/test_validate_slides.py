@@ -123,7 +123,10 @@ def test_the_three_truth_formats_give_the_same_metrics(cohort: dict[str, Path]) 
     }
     assert runs["xml"]["tile"] == runs["geojson"]["tile"]
     assert runs["xml"]["pixel"] == runs["geojson"]["pixel"]
-    assert abs(runs["mask"]["tile"]["n_positive"] - runs["geojson"]["tile"]["n_positive"]) <= 2
+    # the mask loses the truth's slivers thinner than its 8 µm pixels: tiles touching an outline only
+    n_geojson = runs["geojson"]["tile"]["n_positive"]
+    assert abs(runs["mask"]["tile"]["n_positive"] - n_geojson) <= max(2, 0.2 * n_geojson)
+    assert runs["mask"]["n_truth_regions"] == runs["geojson"]["n_truth_regions"]
     assert runs["mask"]["pixel"]["auroc"] == pytest.approx(runs["geojson"]["pixel"]["auroc"], abs=0.05)
 
 

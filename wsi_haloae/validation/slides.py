@@ -805,8 +805,8 @@ def _plot(
             ax.axvline(rate, c="grey", ls=":", lw=0.8)
         op = result["region"]["at_threshold"]
         ax.plot([op["fps_per_slide"]], [op["sensitivity"]], "o", c="C3", label=f"threshold {threshold:.4g}")
-        ax.set_xscale("symlog", linthresh=0.25)
-        ax.legend(loc="lower right")
+        ax.set_xlim(0, max(FROC_RATES) * 1.05)
+        ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no truth regions", ha="center", transform=ax.transAxes)
     ax.set(
@@ -815,7 +815,12 @@ def _plot(
     # histograms
     ax = axes[1, 0]
     s, y = tiles["scores"], tiles["labels"]
-    bins = np.linspace(float(s.min()), float(s.max()) + 1e-12, 40)
+    positive_scores = bool((s > 0).all())
+    if positive_scores:  # anomaly scores are heavy-tailed: log-spaced bins
+        bins = np.geomspace(float(s.min()), float(s.max()) * (1 + 1e-9), 40)
+        ax.set_xscale("log")
+    else:
+        bins = np.linspace(float(s.min()), float(s.max()) + 1e-12, 40)
     ax.hist(s[~y], bins=bins, alpha=0.6, density=True, label=f"normal tiles ({(~y).sum()})")
     if y.any():
         ax.hist(s[y], bins=bins, alpha=0.6, density=True, label=f"anomalous tiles ({y.sum()})")
@@ -836,7 +841,8 @@ def _plot(
     )
     ax = axes[1, 2]
     ax.set_axis_off()
-    ax.text(0, 1, validation_table(result).replace("|", " "), va="top", family="monospace", fontsize=6.5)
+    table = validation_table(result).split("\n", 2)[2]  # the title line is the figure's
+    ax.text(0, 1, table.replace("|", " "), va="top", family="monospace", fontsize=6.5)
     figure.suptitle(f"Validation: {len(slides)} slides, model {result['model_sha256'][:12]}")
     figure.savefig(path, dpi=90)
 
