@@ -21,6 +21,7 @@ import click
 def demo_command(out: Path, size_px: int, seed: int, progress: bool) -> None:
     """Synthetic slides → tiles → train `tiny` → heatmaps → validation table, offline on a CPU."""
     from ..demo import run_demo
+    from ..validation.slides import validation_table
 
     result = run_demo(out, size_px=size_px, seed=seed, progress=progress)
     click.echo(f"model:        {result.run_dir}")
@@ -30,8 +31,6 @@ def demo_command(out: Path, size_px: int, seed: int, progress: bool) -> None:
         f"QuPath:       {result.heatmap_dir / 'regions.geojson'}, {result.heatmap_dir / 'tiles.geojson.gz'}"
     )
     click.echo(f"ground truth: {result.ground_truth[1]}")
-    from ..validation.slides import validation_table
-
     click.echo(f"validation:   {result.validation_dir} (metrics.json, per_slide.csv, plots.png)")
     click.echo("")
     click.echo(validation_table(result.validation), nl=False)
