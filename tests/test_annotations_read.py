@@ -176,3 +176,14 @@ def test_spec_parsing(tmp_path: Path) -> None:
     assert parse_region_spec(str(odd)).path == odd
     with pytest.raises(AnnotationError, match="must be a positive number"):
         parse_region_spec("m.png@0")
+
+
+def test_spec_class_names_may_hold_colons() -> None:
+    spec = parse_region_spec("cells.geojson:Tumor: Positive,Stroma")
+    assert (spec.path, spec.classes, spec.downsample) == (
+        Path("cells.geojson"),
+        ("Tumor: Positive", "Stroma"),
+        None,
+    )
+    with pytest.raises(AnnotationError, match="write it as PATH"):
+        parse_region_spec("notes.txt:Stroma")

@@ -58,7 +58,12 @@ ASAP_AREA_TYPES = ("polygon", "spline", "rectangle")
 # A mask may be up to this many of its own pixels larger or smaller than the slide divided by the
 # downsample (thumbnails and label pyramids round each level's size up or down).
 MASK_SIZE_SLACK_PX = 1.0
-_SPEC = re.compile(r"^(?P<path>.+?)(?::(?P<classes>[^:@]+))?(?:@(?P<downsample>[0-9.]+))?$")
+# the path ends at a known extension, so class names may hold ':' (QuPath's "Tumor: Positive")
+_SPEC = re.compile(
+    r"^(?P<path>.+?(?:\.geojson|\.json|\.xml|\.png|\.tiff?|\.zarr)/?)"
+    r"(?::(?P<classes>.+?))?(?:@(?P<downsample>[^@:]+))?$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
