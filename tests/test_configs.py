@@ -46,3 +46,21 @@ def test_tiny_preset_is_small_and_offline() -> None:
     # The feature map after the 5x5 head (S/4 - 4) must tile into attention blocks.
     assert (cfg.model.image_size_px // 4 - 4) % cfg.model.block_size == 0
     assert cfg.epochs * cfg.samples_per_epoch <= 64
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_ablation_is_the_paper_recipe_with_one_change(path: Path) -> None:
+    from wsi_haloae.config import to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    paper = flat(to_dict(load_config(CONFIGS / "haloae-paper.yaml", TrainConfig)))
+    ablation = flat(to_dict(load_config(path, TrainConfig)))
+    assert len([k for k in paper if paper[k] != ablation[k]]) == 1
+    # the two not in the paper's list say so in their header
+    if path.stem in ("no-im", "block-c-cnn"):
+        assert "NOT the paper's" in path.read_text()

@@ -220,10 +220,22 @@ def test_geojson_reads_back_with_qupath_fields(done: Path) -> None:
     names = [c["name"] for c in tiles["classification"]]
     assert names.count("Anomaly") == summary["tiles"]["anomalous"]
     first = read_feature_collection(done / TILES_NAME)["features"][0]
-    assert set(first["properties"]["measurements"]) == {"anomaly_score", "max_score", "tissue_fraction"}
+    assert set(first["properties"]["measurements"]) == {
+        "anomaly_score",
+        "max_score",
+        "tissue_fraction",
+        "anomaly_score_normalised",
+    }
     with np.load(done / SCORES_NAME) as stored:  # float32 precision, the shortest decimal that keeps it
         score = first["properties"]["measurements"]["anomaly_score"]
         assert np.float32(score) == stored["score_mean"][0] and len(repr(score)) <= 12
+    # normalised scores: in [0, 1], the threshold at 0.5 (heatmaps/calibration.py)
+    threshold = summary["threshold"]["value"]
+    lo, hi = summary["threshold"]["normalised_score_range"]
+    for feature in read_feature_collection(done / TILES_NAME)["features"]:
+        m = feature["properties"]["measurements"]
+        expected = min(1, max(0, 0.5 + (m["anomaly_score"] - threshold) / (hi - lo)))
+        assert m["anomaly_score_normalised"] == pytest.approx(expected, abs=1e-5)
     x0, y0, x1, y1 = tiles.geometry.iloc[0].bounds
     assert (x1 - x0, y1 - y0) == (128, 128) and x0 % 128 == 0  # level-0 px
     regions = gpd.read_file(done / REGIONS_NAME)
@@ -233,6 +245,7 @@ def test_geojson_reads_back_with_qupath_fields(done: Path) -> None:
     areas = [feature["properties"]["measurements"]["area_um2"] for feature in raw]
     assert sum(areas) == pytest.approx(summary["regions"]["total_area_um2"]) and min(areas) >= 500.0
     assert all(r["properties"]["measurements"]["max_score"] > summary["threshold"]["value"] for r in raw)
+    assert all(r["properties"]["measurements"]["max_score_normalised"] > 0.5 for r in raw)
 
 
 def test_rerun_is_a_no_op_and_a_new_threshold_rescores_nothing(

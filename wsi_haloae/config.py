@@ -41,6 +41,12 @@ class ModelConfig:
     features: Literal["pooled", "official"] = "pooled"
     attention: Literal["masked", "uniform"] = "masked"
     block_c: Literal["halo", "cnn"] = "halo"
+    # "zeros": PyTorch's VGG padding; "reflect": the official network's reflection padding before
+    # every convolution (relu3_4 differs near the border, see backbone.py); the paper config uses it.
+    vgg_padding: Literal["zeros", "reflect"] = "zeros"
+    # Anomaly-map post-processing order (model/anomaly.py): "feature-first" is the official
+    # code's (normalise and blur at S/4, then upsample), used by the paper config.
+    map_order: Literal["upsample-first", "feature-first"] = "upsample-first"
     width: float = field(default=1.0, metadata={"range": "(0, inf)"})
     block_size: int = field(default=12, metadata={"range": "[1, inf)"})
     halo_size: int = field(default=2, metadata={"range": "[0, inf)"})
@@ -114,6 +120,9 @@ class HeatmapConfig:
     bf16: bool = True  # autocast on CUDA only
     threshold: float | None = field(default=None, metadata={"range": "(-inf, inf)"})
     threshold_percentile: float | None = field(default=None, metadata={"range": "[0, 100]"})
+    # a threshold.json of `wsi-haloae validate --choose-threshold` (heatmaps/calibration.py); used
+    # when `threshold` is not given, as is a threshold.json in the model's run folder
+    threshold_file: str | None = None
     normalisation: Literal["median", "mean"] = "median"
     # smaller regions above threshold are dropped
     min_region_um2: float = field(default=2000.0, metadata={"range": "[0, inf)"})

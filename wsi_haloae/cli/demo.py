@@ -19,8 +19,9 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def demo_command(out: Path, size_px: int, seed: int, progress: bool) -> None:
-    """Synthetic slides → tiles → train `tiny` → heatmap → tile-level AUROC, offline on a CPU."""
+    """Synthetic slides → tiles → train `tiny` → heatmaps → validation table, offline on a CPU."""
     from ..demo import run_demo
+    from ..validation.slides import validation_table
 
     result = run_demo(out, size_px=size_px, seed=seed, progress=progress)
     click.echo(f"model:        {result.run_dir}")
@@ -30,8 +31,12 @@ def demo_command(out: Path, size_px: int, seed: int, progress: bool) -> None:
         f"QuPath:       {result.heatmap_dir / 'regions.geojson'}, {result.heatmap_dir / 'tiles.geojson.gz'}"
     )
     click.echo(f"ground truth: {result.ground_truth[1]}")
+    click.echo(f"validation:   {result.validation_dir} (metrics.json, per_slide.csv, plots.png)")
+    click.echo("")
+    click.echo(validation_table(result.validation), nl=False)
+    click.echo("")
     click.echo(
-        f"tile-level AUROC against the planted anomalies: {result.tile_auroc:.3f} "
+        f"tile-level AUROC of the slide with anomalies: {result.tile_auroc:.3f} "
         f"({result.anomalous_tiles} anomalous of {result.tiles} tissue tiles)"
     )
     click.echo("note: the demo uses a random (untrained) VGG19 backbone; real runs use ImageNet weights.")

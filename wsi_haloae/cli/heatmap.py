@@ -58,6 +58,11 @@ from .region_options import region_options
     type=float,
     help="Anomaly threshold (default: the model's high percentile of its training tile scores).",
 )
+@click.option(
+    "--threshold-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="threshold.json from `wsi-haloae validate --choose-threshold` (default: the model folder's, if any).",
+)
 @cohort_options
 @partial(region_options, min_inside_default=None)
 @click.option(
@@ -103,6 +108,7 @@ def heatmap_command(
     compile_model: bool | None,
     no_bf16: bool,
     threshold: float | None,
+    threshold_file: Path | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     min_inside: float | None,
@@ -144,6 +150,7 @@ def heatmap_command(
         backend=backend,
         compile=compile_model,
         threshold=threshold,
+        threshold_file=None if threshold_file is None else str(threshold_file),
         normalisation=normalisation,
         tissue_aware=tissue_aware,
         bf16=False if no_bf16 else None,

@@ -36,6 +36,12 @@ from .bench import parse_size
     show_default=True,
     help="Restain with other H&E vectors: 0 none, 1 Macenko's reference vectors (range 0-2).",
 )
+@click.option(
+    "--cohort",
+    metavar="NORMAL,ABNORMAL",
+    help="Write a validation cohort into the folder OUT instead: NORMAL slides without and ABNORMAL "
+    "with planted anomalies (several kinds and sizes), truth as GeoJSON, ASAP XML and masks, labels.csv.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def make_slide(
     out: Path,
@@ -46,6 +52,7 @@ def make_slide(
     tissue: str,
     ground_truth_dir: Path | None,
     stain_shift: float,
+    cohort: str | None,
     progress: bool,
 ) -> None:
     """Write a synthetic pyramidal slide (tiled JPEG BigTIFF) with planted anomalies to OUT."""
@@ -56,6 +63,9 @@ def make_slide(
     if not in_range(mpp_um, "(0, inf)"):
         raise ConfigError(f"--mpp is {mpp_um}, outside its range (0, inf); use a finite number above 0")
     width_px, height_px = parse_size(size)
+    if cohort is not None:
+        _make_cohort(out, cohort, (width_px, height_px), mpp_um, seed, tissue, progress)
+        return
     slide = write_synthetic_slide(
         out,
         width_px,
@@ -76,6 +86,34 @@ def make_slide(
     if ground_truth_dir is not None:
         mask_path, geojson_path = write_ground_truth(slide, ground_truth_dir)
         click.echo(f"ground truth: {mask_path}, {geojson_path}")
+
+
+def _make_cohort(
+    out: Path, cohort: str, size_px: tuple[int, int], mpp_um: float, seed: int, tissue: str, progress: bool
+) -> None:
+    from ..errors import ConfigError
+    from ..slides.synthetic_cohort import STAIN_SHIFT_NOTE, write_cohort
+
+    try:
+        normal, abnormal = (int(v) for v in cohort.split(","))
+    except ValueError:
+        raise ConfigError(f"--cohort {cohort!r} must be NORMAL,ABNORMAL slide counts, e.g. 2,3") from None
+    slides = write_cohort(
+        out,
+        normal=normal,
+        abnormal=abnormal,
+        size_px=size_px,
+        mpp_um=mpp_um,
+        seed=seed,
+        tissue=tissue,
+        progress=progress,
+    )
+    for c in slides:
+        kinds = ", ".join(a.kind for a in c.slide.anomalies) or "none"
+        size = f" ({c.size_name})" if c.size_name else ""
+        click.echo(f"{c.slide.path}: anomalies: {kinds}{size}")
+    click.echo(f"truth: {out / 'truth'} (geojson/, xml/, mask/), labels: {out / 'labels.csv'}")
+    click.echo(f"not written: {STAIN_SHIFT_NOTE}")
 
 
 @click.command("info")

@@ -63,6 +63,7 @@ from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
 from .artefacts import artefact_heat_mask, artefact_summary, label_artefact_tiles
+from .calibration import CALIBRATION_NAME, normalise_scores, read_calibration
 from .colours import score_colours
 from .gallery import save_top_tiles
 from .infer import InferenceEngine, TileMaps, default_workers
@@ -177,10 +178,11 @@ def heatmap_slide(
         clock = time.perf_counter()
         plan = _plan(slide, trained, cfg)
         timings["tissue_s"] = time.perf_counter() - clock
-        threshold, threshold_source = _threshold(trained, cfg)
+        threshold, threshold_source, score_range = _threshold(trained, cfg)
         fingerprint = _fingerprint(slide, plan, trained, engine, cfg)
         outputs_key = {
             "threshold": threshold,
+            "score_range": list(score_range),
             "min_region_um2": cfg.min_region_um2,
             "simplify_px": cfg.simplify_px,
             "artefacts": cfg.artefacts,
@@ -236,13 +238,18 @@ def heatmap_slide(
             namespace,
             timings,
             threshold_source,
+            score_range=score_range,
             qc=qc,
         )
         summary.update(
             {
                 "format": SUMMARY_FORMAT,
                 "version": __version__,
-                "threshold": {"value": threshold, "source": threshold_source},
+                "threshold": {
+                    "value": threshold,
+                    "source": threshold_source,
+                    "normalised_score_range": list(score_range),  # normalised = 0.5 + (s - value) / (hi - lo)
+                },
                 "settings": to_dict(cfg),
                 "engine": {
                     "device": str(engine.device),
@@ -353,18 +360,32 @@ def _heatmap_mpp_yx(plan: _Plan) -> tuple[float, float]:
     return mpp_y * plan.geometry.px_to_l0, mpp_x * plan.geometry.px_to_l0
 
 
-def _threshold(trained: TrainedModel, cfg: HeatmapConfig) -> tuple[float, str]:
+def _threshold(trained: TrainedModel, cfg: HeatmapConfig) -> tuple[float, str, tuple[float, float]]:
+    """(threshold, where it came from, score range of the normalised scores; see heatmaps/calibration)."""
+    train_scores = trained.train_scores[cfg.normalisation].double()
+    score_range = (float(train_scores.min()), float(train_scores.max()))
+    if score_range[1] <= score_range[0]:
+        score_range = (score_range[0], score_range[0] + 1.0)
+    calibration_file = cfg.threshold_file
+    default_file = trained.run_dir / CALIBRATION_NAME
+    if calibration_file is None and cfg.threshold_percentile is None and default_file.is_file():
+        calibration_file = str(default_file)
+    if cfg.threshold is None and calibration_file is not None:
+        record = read_calibration(
+            calibration_file, model_sha256=model_digest(trained), normalisation=cfg.normalisation
+        )
+        lo, hi = record["score_range"]
+        source = f"calibration file {calibration_file} ({record['method']})"
+        return float(record["threshold"]), source, (float(lo), float(hi))
     if cfg.threshold is not None:
-        return float(cfg.threshold), "given"
+        return float(cfg.threshold), "given", score_range
     percentile = (
         trained.config.score_percentile if cfg.threshold_percentile is None else cfg.threshold_percentile
     )
     value = trained.threshold(percentile, cfg.normalisation, cfg.tissue_aware)
     key = trained.scores_key(cfg.normalisation, cfg.tissue_aware)
-    return (
-        value,
-        f"percentile {percentile:g} of {len(trained.train_scores[key])} training tile scores ({key})",
-    )
+    source = f"percentile {percentile:g} of {len(trained.train_scores[key])} training tile scores ({key})"
+    return value, source, score_range
 
 
 def model_digest(trained: TrainedModel) -> str:
@@ -626,6 +647,7 @@ def _write_outputs(
     namespace: str,
     timings: dict[str, float],
     threshold_source: str = "",
+    score_range: tuple[float, float] | None = None,
     *,
     qc: TileQC | None = None,
 ) -> dict[str, Any]:
@@ -651,7 +673,10 @@ def _write_outputs(
         min_area_um2=cfg.min_region_um2,
         simplify_px=cfg.simplify_px,
     )
-    write_feature_collection(folder / REGIONS_NAME, region_features(regions, id_namespace=namespace))
+    normalise = None if score_range is None else (lambda v: normalise_scores(v, threshold, score_range))
+    write_feature_collection(
+        folder / REGIONS_NAME, region_features(regions, id_namespace=namespace, normalise=normalise)
+    )
     timings["regions_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -661,6 +686,7 @@ def _write_outputs(
         {
             "anomaly_score": scores["score_mean"],
             "max_score": scores["score_max"],
+            **({} if normalise is None else {"anomaly_score_normalised": normalise(scores["score_mean"])}),
             "tissue_fraction": scores["tissue_fraction"],
         },
         threshold=threshold,

@@ -130,6 +130,7 @@ class TileScorer(nn.Module):
             "reference_map", trained.reference_map(normalisation, tissue_aware).detach().float()
         )
         self.reduction = reduction
+        self.map_order = trained.config.model.map_order
         self.bf16 = bf16
         self.memory_format = torch.contiguous_format
 
@@ -144,7 +145,7 @@ class TileScorer(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.model(x, heads=False)
         error = feature_error(output.fm.float(), output.fm_hat.float())  # (N, F, F)
-        maps = anomaly_map(error, self.size_px, self.reference_map)  # (N, S, S)
+        maps = anomaly_map(error, self.size_px, self.reference_map, self.map_order)  # (N, S, S)
         score_mean, score_max = image_scores(maps, tissue)
         reduced = F.avg_pool2d(maps.unsqueeze(1), self.reduction).squeeze(1)  # (N, S/r, S/r)
         return reduced, score_mean, score_max

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,8 +89,17 @@ def anomaly_regions(
     return regions
 
 
-def region_features(regions: Sequence[AnomalyRegion], *, id_namespace: str) -> list[dict[str, Any]]:
-    """QuPath annotations for `regions`, named "Anomaly 1", "Anomaly 2", ... in their order."""
+def region_features(
+    regions: Sequence[AnomalyRegion],
+    *,
+    id_namespace: str,
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """QuPath annotations for `regions`, named "Anomaly 1", "Anomaly 2", ... in their order.
+
+    `normalise` (raw scores -> [0, 1], the threshold at 0.5; `heatmaps.calibration`) adds
+    `mean_score_normalised` and `max_score_normalised` beside the raw measurements.
+    """
     namespace = id_namespace_uuid(id_namespace)
     features = []
     for number, region in enumerate(regions, start=1):
@@ -107,6 +116,7 @@ def region_features(regions: Sequence[AnomalyRegion], *, id_namespace: str) -> l
                         "area_um2": region.area_um2,
                         "mean_score": region.mean_score,
                         "max_score": region.max_score,
+                        **_normalised(normalise, region),
                     },
                 },
             )
@@ -160,6 +170,15 @@ def tile_features(
             )
         )
     return features
+
+
+def _normalised(
+    normalise: Callable[[np.ndarray], np.ndarray] | None, region: AnomalyRegion
+) -> dict[str, float]:
+    if normalise is None:
+        return {}
+    mean, peak = normalise(np.array([region.mean_score, region.max_score]))
+    return {"mean_score_normalised": float(mean), "max_score_normalised": float(peak)}
 
 
 def _pixel_outline(inside: np.ndarray, *, y0: int, x0: int) -> Polygon | MultiPolygon:

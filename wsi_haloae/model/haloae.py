@@ -74,7 +74,7 @@ class HaloAE(nn.Module):
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"HaloAE expects (N, 3, {size}, {size}) images, got {tuple(images.shape)}")
         with torch.no_grad():
-            fm = self.backbone(self.normalise(images), self.config.features)
+            fm = self.backbone(self.normalise(images), self.config.features, padding=self.config.vgg_padding)
         fm_hat = self.autoencoder(fm)
         if not heads:
             return HaloAEOutput(fm=fm, fm_hat=fm_hat, image_hat=None, logits=None)

@@ -206,15 +206,17 @@ def write_synthetic_slide(
     artefacts: Iterable[ArtefactKind] = (),
     progress: bool = False,
     stain_shift: float = 0.0,
+    anomaly_radius_um: tuple[float, float] | None = None,
 ) -> SyntheticSlide:
     """Write a synthetic pyramidal slide of width_px × height_px level-0 px to `path`.
 
     `mpp_um` is stored in the file (None writes no resolution, for testing slides without mpp;
     the textures then use 0.5 µm/px). `anomalies` are planted in the tissue, kinds cycling
-    foreign, stain, fold; `artefacts` lists the artefacts to plant (one per entry, e.g.
-    ("pen", "blur", "fold")), clear of the anomalies. `stain_shift` in [0, 2] restains it with
-    other H&E vectors (see the module docstring; 0, the default, writes the slide without).
-    Levels halve down to a longer side below 1024 px. The file appears at
+    foreign, stain, fold, each of a radius drawn from `anomaly_radius_um` (default 100-200 µm);
+    `artefacts` lists the artefacts to plant (one per entry, e.g. ("pen", "blur", "fold")), clear
+    of the anomalies. `stain_shift` in [0, 2] restains it with other H&E vectors (see the module
+    docstring; 0, the default, writes the slide without). Levels halve down to a longer side below
+    1024 px. The file appears at
     `path` only once complete; scratch space of about width × height bytes is used next to it.
 
     Raises ConfigError for bad parameters (or anomalies that do not fit the tissue) and
@@ -229,6 +231,7 @@ def write_synthetic_slide(
         anomalies=anomalies,
         seed=seed,
         tissue=tissue,
+        anomaly_radius_um=anomaly_radius_um,
         artefacts=artefacts,
         stain_shift=stain_shift,
     )
@@ -286,10 +289,14 @@ def plan_synthetic_slide(
     anomalies: int = 0,
     seed: int = 0,
     tissue: TissueLayout = "blobs",
+    anomaly_radius_um: tuple[float, float] | None = None,
     artefacts: Iterable[ArtefactKind] = (),
     stain_shift: float = 0.0,
 ) -> SyntheticSlide:
     """The layout `write_synthetic_slide` would write, without writing it (same arguments)."""
+    radius_um = _ANOMALY_RADIUS_UM if anomaly_radius_um is None else tuple(anomaly_radius_um)
+    if len(radius_um) != 2 or not 0 < radius_um[0] <= radius_um[1] < math.inf:
+        raise ConfigError(f"anomaly radius {anomaly_radius_um} must be (min, max) µm with 0 < min <= max")
     if width_px < MIN_SIDE_PX or height_px < MIN_SIDE_PX:
         raise ConfigError(
             f"synthetic slide size {width_px}x{height_px} px is too small; "
@@ -317,7 +324,7 @@ def plan_synthetic_slide(
     else:
         shapes = _tissue_blobs(rng, width_px, height_px, texture_mpp)
         region = shapes[0].polygon if len(shapes) == 1 else MultiPolygon([s.polygon for s in shapes])
-    planted = _plant_anomalies(rng, anomalies, width_px, height_px, texture_mpp, shapes)
+    planted = _plant_anomalies(rng, anomalies, width_px, height_px, texture_mpp, shapes, radius_um)  # type: ignore[arg-type]
     kinds = tuple(artefacts)
     for kind in kinds:
         if kind not in ARTEFACT_KINDS:
@@ -503,6 +510,7 @@ def _plant_anomalies(
     height_px: int,
     mpp_um: float,
     blobs: tuple[StarShape, ...],
+    radius_um: tuple[float, float] = _ANOMALY_RADIUS_UM,
 ) -> tuple[PlantedAnomaly, ...]:
     """`count` anomalies, each inside one tissue region, apart from each other by 10 % of their
     size; a few hundred µm across, or smaller where the tissue is small."""
@@ -516,7 +524,7 @@ def _plant_anomalies(
             region = regions[rng.choice(len(regions), p=areas / areas.sum())]
             min_x, min_y, max_x, max_y = region.bounds
             fit = 0.4 * min(max_x - min_x, max_y - min_y) / 2
-            radius = min(rng.uniform(*_ANOMALY_RADIUS_UM) / mpp_um, fit)
+            radius = min(rng.uniform(*radius_um) / mpp_um, fit)
             centre = (rng.uniform(min_x, max_x), rng.uniform(min_y, max_y))
             semi_axes = (radius * rng.uniform(0.7, 1.0), radius * rng.uniform(0.7, 1.0))
             shape = _star(rng, centre, semi_axes, roughness=0.25, n=128)

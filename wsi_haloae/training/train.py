@@ -52,6 +52,7 @@ from ..model.anomaly import (
     fill_glass,
     image_scores,
     masked_median,
+    reference_at_features,
     upsample_mask,
 )
 from ..model.device import resolve_device
@@ -362,6 +363,9 @@ def calibrate(
                 filled[glass] = run(fill_glass(images[glass], tissue[glass]))
             yield error, filled, tissue
 
+    order = model.config.map_order
+    if order == "feature-first":  # references of the raw feature errors, stored nearest-upsampled to S
+        return _calibrate_feature_first(errors, len(tiles), size_px, device)
     total = torch.zeros(size_px, size_px, dtype=torch.float64, device=device)
     tissue_total = torch.zeros_like(total)
     tissue_count = torch.zeros_like(total)
@@ -419,6 +423,60 @@ class _TilesWithTissue(Dataset[tuple[Tensor, Tensor]]):
         pixels = raw.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()[None]
         tissue = torch.from_numpy(tile_tissue(pixels, TISSUE_BLOCK_PX)[0])
         return self.tiles.normalise(raw), tissue
+
+
+def _calibrate_feature_first(
+    errors: Any, n_tiles: int, size_px: int, device: torch.device
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """`calibrate` for `map_order: feature-first`: the references of the raw (F, F) feature errors
+    (mean; median over at most `MEDIAN_SAMPLE` evenly spread tiles; and both tissue-aware, over the
+    tissue pixels of the glass-filled tiles, the tissue mask being at feature resolution), stored
+    as (S, S) maps constant on S/F blocks (`reference_at_features`); scores are
+    `anomaly_map(error, S, reference, "feature-first")`, tissue-aware ones over tissue only."""
+    sampled = set(np.linspace(0, n_tiles - 1, min(n_tiles, MEDIAN_SAMPLE)).round().astype(int).tolist())
+    total: Tensor | None = None
+    tissue_total: Tensor | None = None
+    tissue_count: Tensor | None = None
+    kept: list[Tensor] = []
+    kept_filled: list[Tensor] = []
+    kept_tissue: list[Tensor] = []
+    start = 0
+    for error, filled, tissue in errors("reference maps"):
+        if tissue.shape[-1] != error.shape[-1]:
+            raise ValueError(f"tissue mask {tuple(tissue.shape)} is not at feature resolution {tuple(error.shape)}")
+        summed = error.sum(0, dtype=torch.float64)
+        in_tissue = torch.where(tissue, filled, torch.zeros_like(filled)).sum(0, dtype=torch.float64)
+        counted = tissue.sum(0, dtype=torch.float64)
+        total = summed if total is None else total + summed
+        tissue_total = in_tissue if tissue_total is None else tissue_total + in_tissue
+        tissue_count = counted if tissue_count is None else tissue_count + counted
+        rows = [i for i in range(len(error)) if start + i in sampled]
+        kept.append(error[rows].cpu())
+        kept_filled.append(filled[rows].cpu())
+        kept_tissue.append(tissue[rows].cpu())
+        start += len(error)
+    assert total is not None and tissue_total is not None and tissue_count is not None
+    mean = total / n_tiles
+    median = torch.cat(kept).median(dim=0).values
+    tissue_mean = torch.where(tissue_count > 0, tissue_total / tissue_count.clamp(min=1), mean)
+    tissue_median = masked_median(torch.cat(kept_filled), torch.cat(kept_tissue), median)
+    references = {
+        name: reference_at_features(value.float().to(device), size_px)
+        for name, value in (
+            ("mean", mean),
+            ("median", median),
+            ("tissue_mean", tissue_mean),
+            ("tissue_median", tissue_median),
+        )
+    }
+    scores: dict[str, list[Tensor]] = {name: [] for name in references}
+    for error, filled, tissue in errors("training scores"):
+        for name in NORMALISATIONS:
+            maps = anomaly_map(error, size_px, references[name], "feature-first")
+            scores[name].append(image_scores(maps)[0])
+            tissue_maps = anomaly_map(filled, size_px, references[f"tissue_{name}"], "feature-first")
+            scores[f"tissue_{name}"].append(image_scores(tissue_maps, tissue)[0])
+    return references, {name: torch.cat(values).cpu() for name, values in scores.items()}
 
 
 def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:

@@ -170,13 +170,17 @@ def pixel_auroc(maps: Maps, masks: Masks) -> float:
     return _mann_whitney(pos, neg, "pixel_auroc")
 
 
-def pro_curve(maps: Maps, masks: Masks) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def pro_curve(
+    maps: Maps, masks: Masks, valid: Masks | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The per-region-overlap curve: false-positive rate against mean per-region overlap.
 
     Args:
         maps: N anomaly maps, (N, H, W) or a sequence of 2-D arrays, each the shape of its mask.
         masks: N ground-truth masks, True = defective pixel; images without defects are allowed
             (they contribute normal pixels only).
+        valid: optional N masks of the pixels to score (e.g. tissue); the others are left out, and
+            defect regions are the 8-connected components of `mask & valid`.
 
     Returns:
         (fpr, pro), one point per distinct score plus the start (0, 0), in order of decreasing
@@ -193,6 +197,13 @@ def pro_curve(maps: Maps, masks: Masks) -> tuple[NDArray[np.float64], NDArray[np
         ValueError: maps and masks do not pair up, or a score is NaN.
     """
     pairs = _pairs(maps, masks)
+    keep = None
+    if valid is not None:
+        valid_list = [np.asarray(v, dtype=bool) for v in _images(valid, "valid")]
+        if len(valid_list) != len(pairs) or any(v.shape != k.shape for v, (_, k) in zip(valid_list, pairs)):
+            raise ValueError("valid masks must pair up with the maps, one of the same shape each")
+        pairs = [(m, k & v) for (m, k), v in zip(pairs, valid_list, strict=True)]
+        keep = np.concatenate([v.ravel() for v in valid_list])
     sizes = [m.size for m, _ in pairs]
     scores = np.concatenate([m.ravel() for m, _ in pairs]) if len(pairs) > 1 else pairs[0][0].ravel()
     # Region ids are global over the set: 0 is normal, 1..n_regions are the defect regions.
@@ -210,6 +221,8 @@ def pro_curve(maps: Maps, masks: Masks) -> tuple[NDArray[np.float64], NDArray[np
             f"pro_curve: the {len(pairs)} ground-truth masks hold no defect region; "
             "AUPRO needs test images with annotated defects"
         )
+    if keep is not None:
+        scores, region = scores[keep], region[keep]
     region_size = np.bincount(region, minlength=n_regions + 1)
     n_normal = int(region_size[0])
     if n_normal == 0:
@@ -230,7 +243,7 @@ def pro_curve(maps: Maps, masks: Masks) -> tuple[NDArray[np.float64], NDArray[np
     return fpr, pro
 
 
-def aupro(maps: Maps, masks: Masks, fpr_limit: float = 0.3) -> float:
+def aupro(maps: Maps, masks: Masks, fpr_limit: float = 0.3, valid: Masks | None = None) -> float:
     """Normalised area under the PRO curve up to `fpr_limit` (MVTec AD's AU-PRO, default FPR <= 0.3).
 
     The trapezoid area of `pro_curve` from FPR 0 to `fpr_limit` (the curve linearly interpolated at
@@ -242,7 +255,7 @@ def aupro(maps: Maps, masks: Masks, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    fpr, pro = pro_curve(maps, masks)
+    fpr, pro = pro_curve(maps, masks, valid)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 
@@ -348,3 +361,128 @@ def _require_both_classes(n_pos: int, n_neg: int, what: str) -> None:
 def _require_no_nan(a: NDArray, what: str) -> None:
     if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any():
         raise ValueError(f"{what} contain NaN; check the model output that produced them")
+
+
+# --- added for slide validation (issue 13) ---------------------------------------------------
+
+# Camelyon16's FROC operating points: false positives per slide.
+FROC_RATES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def auprc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the precision-recall curve as average precision, exact (as
+    `sklearn.metrics.average_precision_score`): sum over distinct thresholds of
+    (recall_k - recall_{k-1}) * precision_k, ties moving together.
+
+    Raises:
+        DataError: no anomalous sample.
+    """
+    _, tp, fp, n_pos = _sweep_with_positives("auprc", scores, labels)
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.concatenate(([0.0], recall))) * precision))
+
+
+def at_threshold(scores: ArrayLike, labels: ArrayLike, threshold: float) -> dict[str, float]:
+    """Confusion counts and rates predicting `score >= threshold` as anomalous.
+
+    Returns tp, fp, tn, fn (as floats for JSON) and sensitivity (TP / positives), specificity
+    (TN / negatives), precision (TP / predicted positives) and f1; a rate whose denominator is 0
+    is NaN (written as null in JSON).
+    """
+    s, positive = _scores_and_labels(scores, labels)
+    predicted = s >= threshold
+    tp = int((predicted & positive).sum())
+    fp = int((predicted & ~positive).sum())
+    fn = int((~predicted & positive).sum())
+    tn = int((~predicted & ~positive).sum())
+
+    def rate(num: int, den: int) -> float:
+        return num / den if den else float("nan")
+
+    return {
+        "tp": float(tp),
+        "fp": float(fp),
+        "tn": float(tn),
+        "fn": float(fn),
+        "sensitivity": rate(tp, tp + fn),
+        "specificity": rate(tn, tn + fp),
+        "precision": rate(tp, tp + fp),
+        "f1": rate(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def dice_iou(predicted: ArrayLike, truth: ArrayLike) -> tuple[float, float]:
+    """Dice (2|P∩T| / (|P| + |T|)) and IoU (|P∩T| / |P∪T|) of two boolean masks of one shape.
+
+    Both empty: (1.0, 1.0) (the prediction is exactly right). Raises ValueError when the shapes
+    differ.
+    """
+    p, t = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if p.shape != t.shape:
+        raise ValueError(f"predicted {p.shape} and truth {t.shape} masks must have the same shape")
+    both = int((p & t).sum())
+    either = int((p | t).sum())
+    total = int(p.sum()) + int(t.sum())
+    if total == 0:
+        return 1.0, 1.0
+    return 2.0 * both / total, both / either
+
+
+def froc_points(
+    detections: Sequence[tuple[float, int | None]], n_truth: int, n_slides: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The FROC curve of fixed scored detections, as Camelyon16's evaluation computes it.
+
+    Args:
+        detections: over all slides, (score, id of the truth region it hits or None). Region ids
+            must be unique across slides. A truth region counts as found at threshold t when any
+            detection hitting it scores >= t (its score is the best of them); detections hitting no
+            truth region are false positives; further hits on a found region are neither.
+        n_truth: truth regions over all slides (found or not); n_slides: slides in the cohort.
+
+    Returns:
+        (fps_per_slide, sensitivity, thresholds): one point per distinct score in decreasing
+        order, preceded by (0, 0) at threshold +inf.
+
+    Raises:
+        ValueError: n_truth or n_slides below 1.
+    """
+    if n_truth < 1 or n_slides < 1:
+        raise ValueError(f"FROC needs truth regions and slides, got {n_truth} regions on {n_slides} slides")
+    best: dict[int, float] = {}
+    fp_scores = []
+    for score, region in detections:
+        if region is None:
+            fp_scores.append(float(score))
+        else:
+            best[region] = max(best.get(region, -np.inf), float(score))
+    tp_scores = np.array(sorted(best.values()))
+    fp_sorted = np.sort(np.array(fp_scores, dtype=np.float64))
+    thresholds = np.unique(np.concatenate([tp_scores, fp_sorted]))[::-1]
+    n_fp = fp_sorted.size - np.searchsorted(fp_sorted, thresholds, side="left")
+    n_tp = tp_scores.size - np.searchsorted(tp_scores, thresholds, side="left")
+    return (
+        np.concatenate(([0.0], n_fp / n_slides)),
+        np.concatenate(([0.0], n_tp / n_truth)),
+        np.concatenate(([np.inf], thresholds)),
+    )
+
+
+def froc_score(
+    fps_per_slide: ArrayLike, sensitivity: ArrayLike, rates: Sequence[float] = FROC_RATES
+) -> tuple[dict[float, float], float]:
+    """Sensitivity at each FP rate and their mean (the FROC score, Camelyon16's rates).
+
+    The sensitivity at rate r is the highest sensitivity of a curve point with at most r false
+    positives per slide: the best operating point a threshold actually reaches. Camelyon16's
+    script instead interpolates linearly (`np.interp`) over its points, taken in the iteration
+    order of a Python set, which is ill-defined where points share an FP rate; the step value
+    used here is exact and never above the interpolated one.
+    """
+    fps = np.asarray(fps_per_slide, dtype=np.float64)
+    sens = np.asarray(sensitivity, dtype=np.float64)
+    if fps.shape != sens.shape or fps.size == 0:
+        raise ValueError(f"fps_per_slide {fps.shape} and sensitivity {sens.shape} must be equal, non-empty")
+    at = {float(r): float(sens[fps <= r].max(initial=0.0)) for r in rates}
+    return at, float(np.mean(list(at.values())))
