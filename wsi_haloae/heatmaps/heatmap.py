@@ -55,6 +55,7 @@ from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
 from .infer import InferenceEngine, TileMaps, default_workers
+from .jpeg_decode import select_reader
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
 from .regions import anomaly_regions, region_features, tile_features
@@ -247,6 +248,7 @@ def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
         batch_size=cfg.batch_size,
         bf16=cfg.bf16,
         compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs,
         normalisation=cfg.normalisation,
     )
 
@@ -370,6 +372,7 @@ def _fingerprint(
         "thumbnail_px": cfg.thumbnail_px,
         "precision": engine.precision,
         "normalisation": engine.scorer.normalisation,
+        "tile_reader": cfg.tile_reader,
     }
 
 
@@ -438,10 +441,18 @@ def _score_missing_bands(
             flush(band)
 
     workers = reader_processes(cfg, engine.device)
+    jpeg, tile_reader = select_reader(slide, plan.grid, arrivals, engine.device, cfg.tile_reader)
     stats = None
     if len(arrivals):
         stats = engine.run(
-            slide, plan.grid, arrivals, sink, workers=workers, batch_size=batch_size, progress=progress
+            slide,
+            plan.grid,
+            arrivals,
+            sink,
+            workers=workers,
+            batch_size=batch_size,
+            progress=progress,
+            jpeg=jpeg,
         )
     for band in stitcher.finish():
         flush(band)
@@ -449,6 +460,7 @@ def _score_missing_bands(
         "computed_tiles": len(arrivals),
         "batch_size": batch_size,
         "workers": workers,
+        "tile_reader": tile_reader,
         "inference": None
         if stats is None
         else dataclasses.asdict(stats) | {"tiles_per_s": stats.tiles_per_s},

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,11 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..model.anomaly import Normalisation, anomaly_map, feature_error, image_scores
 from ..slides.grid import TileGrid
+from ..slides.jpeg_tiles import JpegTiles
 from ..slides.slide import Slide
 from ..slides.tiles import iter_tiles, read_tile
 from ..training.checkpoint import TrainedModel
+from .jpeg_decode import JpegTileReader
 from .stitch import HEATMAP_REDUCTION
 
 log = logging.getLogger(__name__)
@@ -204,13 +207,16 @@ class InferenceEngine:
         workers: int = 0,
         batch_size: int | None = None,
         progress: bool = False,
+        jpeg: JpegTiles | None = None,
     ) -> InferStats:
         """Score the grid tiles `indices` of `slide` in order, in batches of `batch_size` (default:
         the engine's), and call `sink` with each batch's `TileMaps`, in order, from a writer thread.
 
-        `workers` reader processes decode tiles ahead (0: read in this thread). An exception in
-        the sink stops the run and is raised here; one here (or Ctrl-C) stops the writer after
-        the batch it is on. Returns where the time went.
+        `workers` reader processes decode tiles ahead (0: read in this thread). With `jpeg` (the
+        file's JPEG tiles, `jpeg_decode.select_reader`), tiles are decoded from their bytes on the
+        engine's device instead (`jpeg_decode.JpegTileReader`) and `workers` is unused. An
+        exception in the sink stops the run and is raised here; one here (or Ctrl-C) stops the
+        writer after the batch it is on. Returns where the time went.
         """
         cuda = self.device.type == "cuda"
         size, batch, map_px = self.tile_size_px, batch_size or self.batch_size, self.map_px
@@ -244,12 +250,26 @@ class InferenceEngine:
 
         writer.start()
         try:
-            reader = iter_tiles(slide, grid, indices, batch_size=batch, workers=workers)
+            if jpeg is not None:
+                decoder = JpegTileReader(jpeg, slide, grid, indices, batch_size=batch, device=self.device)
+                reader: Iterator[tuple[np.ndarray, Any]] = iter(decoder)
+                closer: Any = decoder
+                workers = 0  # the decoder's threads read; the model keeps every core
+            else:
+                batches_read = iter_tiles(slide, grid, indices, batch_size=batch, workers=workers)
+                reader = ((b.indices, b.images) for b in batches_read)
+                closer = batches_read
+            # full batches of device pixels when the decoder's last batch is short (fixed shapes)
+            device_in = (
+                torch.empty((batch, size, size, 3), dtype=torch.uint8, device=self.device)
+                if jpeg is not None and self.pad_batches
+                else None
+            )
             pending: tuple[int, np.ndarray] | None = None
             with (
                 # events and non-blocking copies use the current device: make it the engine's
                 torch.cuda.device(self.device) if cuda else leave_cores_to_readers(workers),
-                closing(reader),
+                closing(closer),
                 tqdm(total=len(indices), unit="tile", desc="heatmap", disable=not progress) as bar,
             ):
                 while True:
@@ -258,15 +278,22 @@ class InferenceEngine:
                     read_wait += time.perf_counter() - waited
                     if tiles is None:
                         break
-                    slot, count = batches % 2, len(tiles)
-                    if uploaded[slot] is not None:
-                        uploaded[slot].synchronize()  # batch k - 2's upload from this buffer is done
-                    # the reader reuses its buffer on the next request: copy the pixels out now
-                    host_in[slot][:count].copy_(torch.from_numpy(tiles.images))
-                    images = host_in[slot] if self.pad_batches else host_in[slot][:count]
-                    images = images.to(self.device, non_blocking=True)
-                    if uploaded[slot] is not None:
-                        uploaded[slot].record()
+                    tile_indices, pixels = tiles
+                    slot, count = batches % 2, len(tile_indices)
+                    if isinstance(pixels, Tensor):  # decoded on the device already
+                        images = pixels
+                        if device_in is not None and count < batch:
+                            device_in[:count].copy_(pixels)
+                            images = device_in
+                    else:
+                        if uploaded[slot] is not None:
+                            uploaded[slot].synchronize()  # batch k - 2's upload from this buffer is done
+                        # the reader reuses its buffer on the next request: copy the pixels out now
+                        host_in[slot][:count].copy_(torch.from_numpy(pixels))
+                        images = host_in[slot] if self.pad_batches else host_in[slot][:count]
+                        images = images.to(self.device, non_blocking=True)
+                        if uploaded[slot] is not None:
+                            uploaded[slot].record()
                     results = self.score(images)
                     for host, result in zip(host_out[slot], results):
                         host[: len(result)].copy_(result, non_blocking=cuda)
@@ -274,7 +301,7 @@ class InferenceEngine:
                         downloaded[slot].record()
                     if pending is not None:
                         queue_wait += hand_over(*pending)
-                    pending = (slot, tiles.indices.copy())
+                    pending = (slot, np.array(tile_indices, copy=True))
                     batches += 1
                     bar.update(count)
                     writer.raise_if_failed()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -46,10 +45,13 @@ def anomaly_map(error: Tensor, size_px: int, mean_map: Tensor | None = None) -> 
     maps = F.interpolate(error[:, None], size=(size_px, size_px), mode="bilinear", align_corners=False)
     if mean_map is not None:
         maps = (maps - mean_map.to(device=maps.device, dtype=maps.dtype)).abs()
-    kernel_1d = torch.tensor(_GAUSS_1D, device=maps.device, dtype=maps.dtype)
-    kernel = torch.outer(kernel_1d, kernel_1d)[None, None]  # (1, 1, 3, 3)
     # PyTorch's "reflect" padding leaves the edge pixel out, which is OpenCV's reflect-101
-    return F.conv2d(F.pad(maps, (1, 1, 1, 1), mode="reflect"), kernel)[:, 0]
+    padded = F.pad(maps, (1, 1, 1, 1), mode="reflect")[:, 0]
+    # separable, with the weights as Python numbers: no host-to-device copy of a kernel tensor,
+    # so the scorer runs inside a CUDA graph and exports to ONNX as plain arithmetic
+    left, centre, right = _GAUSS_1D
+    rows = left * padded[:, :-2] + centre * padded[:, 1:-1] + right * padded[:, 2:]
+    return left * rows[:, :, :-2] + centre * rows[:, :, 1:-1] + right * rows[:, :, 2:]
 
 
 def image_scores(maps: Tensor) -> tuple[Tensor, Tensor]:
