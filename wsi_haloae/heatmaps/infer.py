@@ -154,11 +154,16 @@ class InferenceEngine:
         batch_size: int | None = None,
         bf16: bool = True,
         compile: bool = False,
+        cuda_graphs: bool = False,
         reduction: int = HEATMAP_REDUCTION,
         normalisation: Normalisation = "mean",
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size {batch_size} must be at least 1")
+        if compile and cuda_graphs:
+            raise ConfigError(
+                "compile and cuda_graphs are two ways to cut launch overhead; turn one of them off"
+            )
         self.trained = trained
         self.device = device
         cuda = device.type == "cuda"
@@ -184,18 +189,49 @@ class InferenceEngine:
         self.batch_size = batch_size or choose_batch_size(self.scorer, device)
         self.tile_size_px = self.scorer.size_px
         self.map_px = self.tile_size_px // reduction
+        # CUDA graph of one full batch, captured on first use (`_graph_forward`)
+        self.cuda_graphs = cuda_graphs and cuda
+        if cuda_graphs and not cuda:
+            log.warning("cuda_graphs needs a CUDA device; running %s without", device)
+        self._graph: tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
         log.info(
             "inference on %s: %s, batch %d%s",
             device,
             self.precision,
             self.batch_size,
-            ", compiled" if compile else "",
+            ", compiled" if compile else ", CUDA graph" if self.cuda_graphs else "",
         )
 
     @torch.inference_mode()
     def score(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Maps (N, T, T), score_mean (N,), score_max (N,) of uint8 tiles (N, S, S, 3) on the device."""
+        """Maps (N, T, T), score_mean (N,), score_max (N,) of uint8 tiles (N, S, S, 3) on the device.
+
+        With CUDA graphs, a full batch replays the captured graph: the results are the graph's own
+        output tensors, overwritten by the next call (the engine copies them out first, in stream
+        order); other batch sizes run eagerly."""
+        if self.cuda_graphs and images.shape[0] == self.batch_size:
+            return self._graph_forward(images)
         return self._forward(images)
+
+    def _graph_forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self._graph is None:
+            static_in = torch.zeros_like(images)
+            static_in.copy_(images)
+            # warm up on a side stream (cuDNN's autotuner and lazy inits run outside the capture)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graph = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graph
+        static_in.copy_(images)
+        graph.replay()
+        return static_out
 
     def run(
         self,
@@ -491,7 +527,8 @@ def time_model(engine: InferenceEngine, batches: int) -> StageTiming:
     for _ in range(batches):
         engine.score(images)
     _synchronize(engine.device)
-    note = f"batch {engine.batch_size}, {engine.precision}{', compiled' if engine.compiled else ''}"
+    mode = ", compiled" if engine.compiled else ", CUDA graph" if engine.cuda_graphs else ""
+    note = f"batch {engine.batch_size}, {engine.precision}{mode}"
     return StageTiming("model only", batches * engine.batch_size, time.perf_counter() - started, note)
 
 

@@ -201,7 +201,7 @@ class HaloAttention(nn.Module):
         # Keys and values of the zero-padded map: to_kv has no bias, so padded pixels give 0.
         kv = F.pad(self.to_kv(x), (h, h, h, h))
         # (N, 2*heads*d, H+2h, W+2h) -> (N, 2*heads*d, nby, nbx, win, win)
-        kv = kv.unfold(2, win, b).unfold(3, win, b)
+        kv = _windows(kv, win, b)
         # -> (N, 2, heads, d, nby, nbx, win*win) -> (2, N*nby*nbx, heads, win*win, d)
         kv = kv.reshape(n, 2, heads, d, nby, nbx, win * win).permute(1, 0, 4, 5, 2, 6, 3)
         k, v = kv.reshape(2, -1, heads, win * win, d).unbind(0)
@@ -213,12 +213,13 @@ class HaloAttention(nn.Module):
         rel_cols = q_grid @ self.rel_col.to(q.dtype).t()
         index = self.rel_index  # (b, win)
         # -> (B, heads, b, b, win) each: by key row for the query's row, by key column for its column
-        by_row = torch.take_along_dim(rel_rows, index[None, None, :, None, :], dim=-1)
-        by_col = torch.take_along_dim(rel_cols, index[None, None, None, :, :], dim=-1)
+        shape = (*rel_rows.shape[:-1], win)
+        by_row = torch.gather(rel_rows, -1, index[None, None, :, None, :].expand(shape))
+        by_col = torch.gather(rel_cols, -1, index[None, None, None, :, :].expand(shape))
 
         inside = F.pad(x.new_ones(1, 1, height, width, dtype=torch.bool), (h, h, h, h))
         # (1, 1, nby, nbx, win, win) -> (nby*nbx, win*win), repeated for the N images
-        inside = inside.unfold(2, win, b).unfold(3, win, b).reshape(nby * nbx, win * win)
+        inside = _windows(inside, win, b).reshape(nby * nbx, win * win)
         valid = inside.repeat(n, 1)[:, None, None, :]
         return q, k, v, by_row, by_col, valid
 
@@ -244,3 +245,16 @@ def set_attention_kernel(model: nn.Module, kernel: AttentionKernel) -> None:
     for module in model.modules():
         if isinstance(module, HaloAttention):
             module.kernel = kernel
+
+
+def _windows(t: Tensor, win: int, step: int) -> Tensor:
+    """(N, C, H', W') -> (N, C, rows, cols, win, win): the win x win windows every `step` pixels,
+    as `t.unfold(2, win, step).unfold(3, win, step)` lays them out, by index selection (which
+    exports to ONNX; unfold of a padded tensor does not)."""
+    rows = (t.shape[2] - win) // step + 1
+    cols = (t.shape[3] - win) // step + 1
+    offsets = torch.arange(win, device=t.device)
+    row_index = (torch.arange(rows, device=t.device)[:, None] * step + offsets).reshape(-1)
+    col_index = (torch.arange(cols, device=t.device)[:, None] * step + offsets).reshape(-1)
+    picked = t.index_select(2, row_index).index_select(3, col_index)  # (N, C, rows*win, cols*win)
+    return picked.unflatten(3, (cols, win)).unflatten(2, (rows, win)).transpose(3, 4)
