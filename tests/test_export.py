@@ -67,3 +67,14 @@ def test_bad_options_fail_with_one_line(run_dir: Path, tmp_path: Path) -> None:
         export_scorer(trained, tmp_path / "x.onnx", format="tflite")  # type: ignore[arg-type]
     result = CliRunner().invoke(main, ["export", str(tmp_path / "missing")])
     assert result.exit_code != 0 and result.output.startswith("error: ")
+
+
+def test_bench_cpu_counts_flops_and_compares_with_matmul() -> None:
+    from wsi_haloae.bench import benchmark_cpu, format_cpu_bench
+
+    (row,) = benchmark_cpu([("tiny", load_config(TINY, TrainConfig))], batch_size=1, batches=1)
+    # VGG19 to relu3_4 on a 64-px tile alone is 0.9 GMAC = 1.8 GFLOP (model-spec: 14.6 GMAC at 256 px)
+    assert 1.8 < row.gflop_per_tile < 2.5
+    assert row.tiles == 1 and row.seconds > 0 and row.matmul_gflops > 0
+    table = format_cpu_bench([row])
+    assert "| tiny | 64 |" in table and "model / matmul" in table

@@ -146,4 +146,38 @@ def bench_heatmap_command(
     click.echo(format_heatmap_bench(bench))
 
 
+@bench_group.command("cpu")
+@click.option(
+    "--config",
+    "config_paths",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TrainConfig YAML to time (repeatable) [default: configs/haloae-paper.yaml and configs/tiny.yaml].",
+)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--batches", type=int, default=2, show_default=True, help="Timed batches per config.")
+@click.option("--threads", type=int, help="torch threads (default: torch's own).")
+def bench_cpu_command(
+    config_paths: tuple[Path, ...], batch_size: int, batches: int, threads: int | None
+) -> None:
+    """Tiles/s of the scorer on the CPU (fp32), and its FLOP rate against a plain matmul's."""
+    import torch
+
+    from ..bench import benchmark_cpu, format_cpu_bench, provenance
+    from ..config import TrainConfig, load_config
+    from ..errors import ConfigError
+
+    if batch_size < 1 or batches < 1:
+        raise ConfigError(f"--batch-size {batch_size} and --batches {batches} must be at least 1")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if not config_paths:
+        root = Path(__file__).resolve().parents[2] / "configs"
+        config_paths = (root / "haloae-paper.yaml", root / "tiny.yaml")
+    configs = [(path.stem, load_config(path, TrainConfig)) for path in config_paths]
+    rows = benchmark_cpu(configs, batch_size=batch_size, batches=batches)
+    click.echo(provenance(f"no GPU, {torch.get_num_threads()} torch threads"))
+    click.echo(format_cpu_bench(rows))
+
+
 COMMANDS: list[click.Command] = [bench_group]

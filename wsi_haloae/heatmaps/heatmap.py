@@ -74,8 +74,10 @@ RESUME_DIR = ".resume"
 SUMMARY_FORMAT = "wsi-haloae/heatmap-summary/1"
 STORE_FINGERPRINT_FORMAT = 1
 # Regions are outlined on the finest pyramid level at most this many pixels on its long side:
-# level 0 of a 70k-px slide at 2 µm/px would need GBs for the same outlines at 8 µm.
-REGION_MAX_PX = 8192
+# level 0 of a 70k-px slide at 2 µm/px would need GBs for the same outlines at 8 µm. Outlining
+# holds the level, its mask and a label image (~13 bytes/px): 8192 px made peak RSS grow 9 % from a
+# 16k to a 32k slide (docs/benchmarks.md, "Host memory"); 4096 keeps it within ~210 MB.
+REGION_MAX_PX = 4096
 
 
 @dataclass(frozen=True)
