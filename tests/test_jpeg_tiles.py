@@ -207,3 +207,28 @@ def test_gpu_decode_matches_cpu_decode(synthetic: Path, cmu_slide: Path) -> None
         difference = (gpu.int() - cpu.int()).abs().max().item()
         print(f"{path.name}: nvJPEG vs libjpeg-turbo max abs difference {difference}")
         assert difference <= JPEG_DECODER_TOLERANCE
+
+
+@pytest.mark.gpu
+def test_cuda_engine_jpeg_reader_and_cuda_graph(small_tiles: Path) -> None:
+    cfg = load_config(TINY, TrainConfig)
+    torch.manual_seed(0)
+    model = HaloAE(cfg.model).eval()
+    mean_map = torch.linspace(0.0, 0.01, 64 * 64).reshape(64, 64)
+    scores = {"mean": torch.arange(10.0), "median": torch.arange(10.0)}
+    trained = TrainedModel(model.to(CUDA), cfg, mean_map, mean_map.flip(0), scores, Path("tiny-run"))
+    results = {}
+    with open_slide(small_tiles) as slide:
+        grid = TileGrid.for_slide(slide, level=0, tile_size_px=64)
+        indices = np.arange(len(grid))
+        jpeg, name = select_reader(slide, grid, indices, CUDA, "auto")
+        assert name == "jpeg"
+        for label, graphs, tiles in (("slide", False, None), ("jpeg", False, jpeg), ("graph", True, jpeg)):
+            engine = InferenceEngine(trained, CUDA, batch_size=8, cuda_graphs=graphs)
+            got: list = []
+            engine.run(slide, grid, indices, got.append, jpeg=tiles)
+            results[label] = np.concatenate([r.score_mean for r in got])
+    scale = np.abs(results["slide"]).max()
+    # nvJPEG pixels differ by a level or two; bf16 model: close, not equal
+    assert np.abs(results["jpeg"] - results["slide"]).max() < 0.05 * scale
+    np.testing.assert_allclose(results["graph"], results["jpeg"], rtol=1e-3, atol=1e-3 * scale)

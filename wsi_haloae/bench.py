@@ -206,6 +206,7 @@ def benchmark_heatmap(
     workers: int | None = None,
     device: str = "auto",
     compile: bool = False,
+    cuda_graphs: bool = False,
     bf16: bool = True,
     baseline_tiles: int = 64,
     progress: bool = False,
@@ -237,7 +238,13 @@ def benchmark_heatmap(
         else:
             path = Path(slide_path)
         cfg = HeatmapConfig(
-            level=0, batch_size=batch_size, workers=workers, device=device, compile=compile, bf16=bf16
+            level=0,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            bf16=bf16,
         )
         readers = reader_processes(cfg, torch_device)
 
@@ -257,6 +264,7 @@ def benchmark_heatmap(
             batch_size=batch_size,
             bf16=bf16,
             compile=compile,
+            cuda_graphs=cuda_graphs,
             normalisation=cfg.normalisation,
         )
         with _PeakMemory() as memory:

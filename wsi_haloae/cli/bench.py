@@ -94,6 +94,7 @@ def tiling_command(
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
+@click.option("--cuda-graphs", is_flag=True, help="Replay the model as a CUDA graph (CUDA).")
 @click.option("--no-bf16", is_flag=True, help="Run in float32 on CUDA too.")
 @click.option(
     "--baseline-tiles", type=int, default=64, show_default=True, help="Tiles for the batch-1 fp32 baseline."
@@ -108,6 +109,7 @@ def bench_heatmap_command(
     workers: int | None,
     device: str,
     compile_model: bool,
+    cuda_graphs: bool,
     no_bf16: bool,
     baseline_tiles: int,
 ) -> None:
@@ -134,6 +136,7 @@ def bench_heatmap_command(
         workers=workers,
         device=device,
         compile=compile_model,
+        cuda_graphs=cuda_graphs,
         bf16=not no_bf16,
         baseline_tiles=baseline_tiles,
     )
