@@ -112,7 +112,9 @@ def model(batch_size: int) -> str:
                         torch.cuda.set_sync_debug_mode(0)
                     syncs = _syncs(engine, images)
                 except Exception as exc:  # one failing variant must not hide the others
-                    lines.append(f"| {kernel} | {mode} | {batch_size} | failed: {type(exc).__name__}: {exc} |")
+                    lines.append(
+                        f"| {kernel} | {mode} | {batch_size} | failed: {type(exc).__name__}: {exc} |"
+                    )
                     continue
                 reference = maps if reference is None else reference
                 tflops = timing.tiles_per_s * gflop / 1e3
@@ -146,7 +148,13 @@ def cohort(slides: int, size: int) -> str:
         for workers in (1, 2):
             started = time.perf_counter()
             rows = heatmap_cohort(
-                paths, run, folder / f"out-{workers}", cfg, scheduler="local", n_workers=workers, dashboard_address=":0"
+                paths,
+                run,
+                folder / f"out-{workers}",
+                cfg,
+                scheduler="local",
+                n_workers=workers,
+                dashboard_address=":0",
             )
             seconds = time.perf_counter() - started
             tiles = sum(row.tiles or 0 for row in rows)

@@ -17,6 +17,7 @@ max abs difference of each output.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from pathlib import Path
@@ -57,6 +58,8 @@ def export_scorer(
     if batch_size < 1:
         raise ConfigError(f"export batch size {batch_size} must be at least 1")
     path = Path(path)
+    if format == "onnx":
+        _require("onnx")
     scorer = _cpu_scorer(trained, normalisation)
     size = scorer.size_px
     example = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8)
@@ -101,6 +104,7 @@ def check_export(
     scorer = _cpu_scorer(trained, normalisation)
     size = scorer.size_px
     if format == "onnx":
+        _require("onnxruntime")
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -129,3 +133,10 @@ def _cpu_scorer(trained: TrainedModel, normalisation: Normalisation) -> TileScor
 def _random_tiles(batch: int, size: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=generator)
+
+
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"ONNX export needs the {module} package; install it with: pip install 'wsi-haloae[export]'"
+        )
