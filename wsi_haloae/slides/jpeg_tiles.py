@@ -97,7 +97,7 @@ class JpegTiles:
                         tables=tables,
                         rgb_marker=page.photometric == PHOTOMETRIC_RGB and not jfif and not adobe,
                     )
-        except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever tifffile raises on a file it cannot parse
             return f"not a TIFF file tifffile reads ({type(exc).__name__}: {exc})"
         return f"no tiled TIFF page of {level_size_px[0]} x {level_size_px[1]} px"
 
