@@ -2,7 +2,8 @@
 
 Three stages overlap:
 
-    reader processes (`slides.tiles.iter_tiles`, shared-memory batches)
+    reader processes (`slides.tiles.iter_tiles`, shared-memory batches), or, when the grid's
+    tiles are the file's JPEG tiles, their bytes decoded in batches on the device (`jpeg_decode`)
       -> main thread: copy into a pinned host buffer, upload with a non-blocking copy, run the
          model under `torch.inference_mode` (bf16 autocast and channels_last on CUDA, optionally
          `torch.compile`), reduce the anomaly maps on the device, start copying the small results
