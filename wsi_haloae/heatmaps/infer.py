@@ -128,7 +128,8 @@ class TileScorer(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # (N, S, S, 3) -> (N, 3, S, S): a channels_last view, made dense in the model's format
         x = images.permute(0, 3, 1, 2).float().div(255.0).contiguous(memory_format=self.memory_format)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # no autocast weight-cast cache: a CUDA graph must capture the casts (PyTorch's graph docs)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             output = self.model(x, heads=False)
         error = feature_error(output.fm.float(), output.fm_hat.float())  # (N, F, F)
         maps = anomaly_map(error, self.size_px, self.reference_map)  # (N, S, S)
