@@ -26,7 +26,7 @@ run() { step=$1; limit=$2; shift 2; echo "== $step (limit ${limit}s): $*"; timeo
 for step in $steps; do
   case $step in
     # GPU tests: nvJPEG against libjpeg-turbo on the same bytes, the engine on CUDA
-    tests) run gpu-tests 100 python3 -m pytest -q -m gpu tests/ ;;
+    tests) run gpu-tests 100 python3 -m pytest -q -m gpu tests/test_jpeg_tiles.py tests/test_infer.py ;;
     # model only: attention kernel x eager / CUDA graph / compile, bf16 floor, host-sync check
     model) BATCH=256 run bench-model 200 python3 pipelines/bench_gpu.py model ;;
     # the paper config, bf16 on and off, two epochs of 100 steps each (the second is timed)
@@ -35,7 +35,7 @@ for step in $steps; do
     # (tile_reader auto), end to end and per stage; the slide is kept in /tmp for a rerun in the same lease
     heatmap)
       slide=/tmp/bench-70k.tiff
-      [ -f "$slide" ] || run make-slide 200 python3 -m wsi_haloae.cli make-slide "$slide" --size 70000x70000 --tissue full
+      [ -f "$slide" ] || run make-slide 200 python3 -m wsi_haloae.cli make-slide "$slide" --size 70000x70000 --tissue full --no-progress
       run bench-heatmap 240 python3 pipelines/bench_heatmap.py --slide "$slide" --config configs/haloae-paper.yaml \
         --backbone-weights random --cuda-graphs --baseline-tiles 16 ;;
     # a cohort sized for two GPUs: 4 slides of 12,288 px, dask with 1 then 2 workers on the one GPU
