@@ -191,3 +191,11 @@ def test_folded_kernel_bf16_channels_last_and_gradients_match_bias() -> None:
 def test_set_attention_kernel_names_the_choices() -> None:
     with pytest.raises(ValueError, match="bias, folded"):
         set_attention_kernel(_layer(4, 4, 1), "flash")
+
+
+def test_channels_last_layer_keeps_channels_last() -> None:
+    layer = _layer(8, 4, 2).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = layer(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -226,8 +226,14 @@ class HaloAttention(nn.Module):
     def _merge_blocks(self, out: Tensor, n: int, height: int, width: int) -> Tensor:
         b, heads, d = self.block_size, self.heads, self.dim_head
         nby, nbx = height // b, width // b
+        out = out.reshape(n, nby, nbx, heads, b, b, d)
+        if self.to_out.weight.is_contiguous(memory_format=torch.channels_last):
+            # a channels_last model gets a channels_last map: (N, H, W, heads*d) viewed as NCHW,
+            # so the output projection does not convert the layout back and forth
+            out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(n, height, width, heads * d)
+            return out.permute(0, 3, 1, 2)
         # (N*nby*nbx, heads, b*b, d) -> (N, nby, nbx, heads, b, b, d) -> (N, heads*d, H, W)
-        out = out.reshape(n, nby, nbx, heads, b, b, d).permute(0, 3, 6, 1, 4, 2, 5)
+        out = out.permute(0, 3, 6, 1, 4, 2, 5)
         return out.reshape(n, heads * d, height, width)
 
     def extra_repr(self) -> str:
