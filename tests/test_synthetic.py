@@ -199,8 +199,8 @@ def test_bad_parameters(tmp_path: Path) -> None:
         write_synthetic_slide(tmp_path / "a.tiff", 8, 100)
     with pytest.raises(ConfigError, match="mpp -1"):
         write_synthetic_slide(tmp_path / "a.tiff", 100, 100, mpp_um=-1)
-    with pytest.raises(ConfigError, match="tissue layout 'sparse'"):
-        write_synthetic_slide(tmp_path / "a.tiff", 100, 100, tissue="sparse")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="tissue layout 'patchy'"):
+        write_synthetic_slide(tmp_path / "a.tiff", 100, 100, tissue="patchy")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="cannot fit 50 anomalies"):
         write_synthetic_slide(tmp_path / "a.tiff", 256, 256, anomalies=50)
     assert not list(tmp_path.iterdir())
