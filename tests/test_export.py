@@ -1,80 +1,98 @@
-"""`export`: the tile scorer as ONNX (run with onnxruntime) and TorchScript, against the PyTorch
-scorer on the CPU. Measured max abs difference (tiny config, random weights): about 3e-8 on maps
-whose values reach 5e-2, i.e. float32 rounding; the tests allow 1e-5."""
+"""QuPath/Fiji export: the OME-TIFF opens with tifffile and ome-types, at the heatmap's physical
+scale, every pyramid level holding the OME-Zarr's own values; the PNG overlay is transparent at
+or below the threshold. Plus GeoJSON .gz round trips through geopandas."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
+import tifffile
+import zarr
+from outputs_fixture import HIGH, HOT, THRESHOLD, make_output_folder
+from PIL import Image
 
-from wsi_haloae.cli import main
-from wsi_haloae.config import TrainConfig, load_config
-from wsi_haloae.errors import ConfigError
-from wsi_haloae.heatmaps.export import check_export, export_scorer
-from wsi_haloae.model.haloae import HaloAE
-from wsi_haloae.training.checkpoint import MODEL_FILE, load_trained, save_trained
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+from wsi_haloae.annotations import read_feature_collection, write_feature_collection
+from wsi_haloae.heatmaps.export import OME_TIFF_NAME, OVERLAY_PNG_NAME, export_qupath, write_ome_tiff
+from wsi_haloae.heatmaps.regions import tile_features
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(TINY, TrainConfig)
-    torch.manual_seed(0)
-    model = HaloAE(cfg.model).eval()
-    maps = {
-        "mean": torch.linspace(0.0, 0.01, 64 * 64).reshape(64, 64),
-        "median": torch.linspace(0.01, 0.0, 64 * 64).reshape(64, 64),
-    }
-    folder = tmp_path_factory.mktemp("export-run")
-    save_trained(folder / MODEL_FILE, model, cfg, maps, {k: torch.arange(10.0) for k in maps})
-    return folder
+def folder(small_slide, tmp_path_factory) -> Path:
+    return make_output_folder(tmp_path_factory.mktemp("export"), small_slide.path)
 
 
-def test_onnx_matches_pytorch_with_onnxruntime(run_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime", reason="onnxruntime is in the test and export extras")
-    trained = load_trained(run_dir, "cpu")
-    path = export_scorer(trained, tmp_path / "scorer.onnx", batch_size=3, normalisation="mean")
-    differences = check_export(trained, path, normalisation="mean")
-    assert set(differences) == {"maps", "score_mean", "score_max"}
-    assert max(differences.values()) < 1e-5, differences
-    # the normalisation is baked in: scored against the other map, the maps differ
-    other = check_export(trained, path, normalisation="median")
-    assert other["maps"] > 1e-3
+def test_ome_tiff_has_the_physical_scale_and_the_zarr_values(folder: Path) -> None:
+    tif_path, png_path = export_qupath(folder)
+    assert tif_path == folder / OME_TIFF_NAME and png_path == folder / OVERLAY_PNG_NAME
+    group = zarr.open_group(folder / "heatmap.ome.zarr", mode="r")
+    with tifffile.TiffFile(tif_path) as tif:
+        assert tif.is_ome
+        series = tif.series[0]
+        assert len(series.levels) == len(group.attrs["ome"]["multiscales"][0]["datasets"])
+        assert series.dtype == np.float32
+        for level, array in enumerate(series.levels):
+            np.testing.assert_array_equal(array.asarray(), group[str(level)][:])
+        ome_xml = tif.ome_metadata
+    from ome_types import from_xml
+
+    pixels = from_xml(ome_xml).images[0].pixels
+    assert (pixels.size_x, pixels.size_y) == (128, 96)
+    assert pixels.physical_size_x == pytest.approx(8.0) and pixels.physical_size_y == pytest.approx(8.0)
+    assert pixels.physical_size_x_unit.value == "µm"
+    # the heatmap spans the slide: 128 px x 8 µm = 2048 slide px x 0.5 µm
+    assert pixels.size_x * pixels.physical_size_x == pytest.approx(2048 * 0.5)
+
+    rgba = np.asarray(Image.open(png_path))
+    assert rgba.shape == (96, 128, 4)
+    hot = rgba[HOT]
+    mask = group["labels/tissue/0"][:].astype(bool)
+    assert (rgba[..., 3][~mask] == 0).all() and (rgba[..., 3][mask & (group["0"][:] <= THRESHOLD)] == 0).all()
+    assert (hot[..., 3][mask[HOT]] == 255).all()
+    assert HIGH > THRESHOLD
 
 
-def test_cli_exports_torchscript_and_checks_it(run_dir: Path) -> None:
-    result = CliRunner().invoke(
-        main, ["-q", "export", str(run_dir), "--format", "torchscript", "--batch-size", "2"]
-    )
-    assert result.exit_code == 0, result.output
-    assert (run_dir / "scorer.pt").is_file()
-    line = result.output.splitlines()[-1]
-    assert line.startswith("max abs difference to PyTorch: maps ")
-    assert max(float(part.split()[-1]) for part in line.split(":")[1].split(",")) < 1e-5
+def test_ome_tiff_pyramid_levels_are_sub_resolutions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    levels = [rng.random((600 // 2**k + 1, 900 // 2**k), dtype=np.float32) for k in range(3)]
+    levels[0][:10] = np.nan
+    path = write_ome_tiff(tmp_path / "h.ome.tif", levels, (2.0, 2.5))
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        assert [lv.shape for lv in series.levels] == [a.shape for a in levels]
+        for got, want in zip(series.levels, levels):
+            np.testing.assert_array_equal(got.asarray(), want)
+        page = series.levels[2].keyframe
+        assert page.is_tiled and page.tilewidth == 256
+        x_res = page.tags["XResolution"].value
+        assert 1e4 / (x_res[0] / x_res[1]) == pytest.approx(2.5 * 4)  # level 2 at 4x the µm per px
+        from ome_types import from_xml
+
+        pixels = from_xml(tif.ome_metadata).images[0].pixels
+        assert (pixels.physical_size_x, pixels.physical_size_y) == (2.5, 2.0)
 
 
-def test_bad_options_fail_with_one_line(run_dir: Path, tmp_path: Path) -> None:
-    trained = load_trained(run_dir, "cpu")
-    with pytest.raises(ConfigError, match="batch size 0 must be at least 1"):
-        export_scorer(trained, tmp_path / "x.onnx", batch_size=0)
-    with pytest.raises(ConfigError, match="format 'tflite' must be one of onnx, torchscript"):
-        export_scorer(trained, tmp_path / "x.onnx", format="tflite")  # type: ignore[arg-type]
-    result = CliRunner().invoke(main, ["export", str(tmp_path / "missing")])
-    assert result.exit_code != 0 and result.output.startswith("error: ")
+def test_geojson_gz_round_trips_through_geopandas(tmp_path: Path) -> None:
+    import geopandas
 
-
-def test_bench_cpu_counts_flops_and_compares_with_matmul() -> None:
-    from wsi_haloae.bench import benchmark_cpu, format_cpu_bench
-
-    (row,) = benchmark_cpu([("tiny", load_config(TINY, TrainConfig))], batch_size=1, batches=1)
-    # VGG19 to relu3_4 on a 64-px tile alone is 0.9 GMAC = 1.8 GFLOP (model-spec: 14.6 GMAC at 256 px)
-    assert 1.8 < row.gflop_per_tile < 2.5
-    assert row.tiles == 1 and row.seconds > 0 and row.matmul_gflops > 0
-    table = format_cpu_bench([row])
-    assert "| tiny | 64 |" in table and "model / matmul" in table
+    coords = np.array([[0, 0], [128, 0], [0, 128]])
+    scores = np.array([0.1234567891, 2.5, np.float32(1) / 3], np.float64)
+    features = tile_features(coords, 128, {"anomaly_score": scores}, threshold=1.0, id_namespace="s:m")
+    path = write_feature_collection(tmp_path / "tiles.geojson.gz", features)
+    plain = write_feature_collection(tmp_path / "tiles.geojson", features)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert json.loads(gzip.decompress(path.read_bytes())) == json.loads(plain.read_text())
+    assert write_feature_collection(tmp_path / "again.geojson.gz", features).read_bytes() == path.read_bytes()
+    frame = geopandas.read_file(f"/vsigzip/{path}")  # GDAL reads gzip through /vsigzip/
+    assert len(frame) == 3 and frame.geometry.iloc[1].bounds == (128, 0, 256, 128)
+    read = read_feature_collection(path)["features"]
+    got = [f["properties"]["measurements"]["anomaly_score"] for f in read]
+    assert got == [0.12345679, 2.5, 0.33333334]  # float32 precision, shortest digits
+    assert np.array_equal(np.float32(got), np.float32(scores))
+    ids = [f["id"] for f in read]
+    assert len(set(ids)) == 3
+    other = tile_features(coords, 128, {"anomaly_score": scores}, threshold=1.0, id_namespace="s2:m")
+    assert not set(ids) & {f["id"] for f in other}  # another slide or model never shares an id

@@ -33,7 +33,7 @@ def export_command(
     run: Path, export_format: str, out: Path | None, batch_size: int, normalisation: str, check: bool
 ) -> None:
     """Export the scorer of RUN: uint8 tiles in, anomaly maps and tile scores out."""
-    from ..heatmaps.export import check_export, export_scorer
+    from ..heatmaps.scorer_export import check_export, export_scorer
     from ..training.checkpoint import load_trained
 
     trained = load_trained(run, "cpu")
