@@ -113,7 +113,10 @@ def test_corrupt_model_file(saved: Path, damage: str) -> None:
     )
     with pytest.raises(CheckpointError) as info:
         load_trained(saved)
-    _assert_one_line(info, str(file), "corrupt or truncated", "re-train")
+    if damage == "garbage":
+        _assert_one_line(info, str(file), "is not a model file (a text file")
+    else:
+        _assert_one_line(info, str(file), "corrupt or truncated", "re-train")
 
 
 def _rewrite(

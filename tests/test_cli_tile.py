@@ -110,7 +110,9 @@ def test_unwritable_output_and_conflicting_options(small_slide, tmp_path: Path) 
         run_tile(small_slide.path, "--out", tmp_path / "o", "--mpp", "1", "--level", "0"), "--mpp", "--level"
     )
     assert_one_line_error(
-        run_tile(small_slide.path, "--out", tmp_path / "o", "--min-tissue", "2"), "min tissue 2"
+        run_tile(small_slide.path, "--out", tmp_path / "o", "--min-tissue", "2"),
+        "'min_tissue' is 2.0",
+        "[0, 1]",
     )
     assert not list(tmp_path.rglob("manifest.csv"))
 

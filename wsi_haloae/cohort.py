@@ -45,6 +45,8 @@ COHORT_NAME = "cohort.csv"
 # slide that kills two workers (out of memory, a crashing decoder) will kill the third too.
 ALLOWED_FAILURES = 2
 SLIDE_LIST_COLUMNS = ("slide", "path")
+# Seconds a worker process gets to exit at the cohort's end before it is killed.
+WORKER_STOP_S = 60
 
 
 @dataclass(frozen=True)
@@ -351,7 +353,27 @@ def _local_cluster(workers: int, gpus: int, dashboard_address: str) -> Iterator[
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
     with SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR) as cluster:
-        yield cluster
+        try:
+            yield cluster
+        finally:
+            _stop_workers(cluster)
+
+
+def _stop_workers(cluster: Any) -> None:
+    """Let every worker process exit on its own: the cluster's default 4 s before killing one is
+    short for a process that imported torch on a busy machine, and a killed worker means a
+    "still alive after 4.0 seconds, killing" warning and semaphores it never released."""
+    import asyncio
+
+    nannies = list(cluster.workers.values())
+
+    async def close_all() -> None:  # all at once: the slowest worker sets the wait
+        await asyncio.gather(*(n.close(timeout=WORKER_STOP_S) for n in nannies), return_exceptions=True)
+
+    try:
+        cluster.sync(close_all)
+    except Exception as exc:  # the cluster's own close still kills what is left
+        log.debug("closing the workers: %s", exc)
 
 
 def _run(

@@ -3,11 +3,18 @@
 Defaults live in the dataclasses, so the installed package works without the repository;
 the presets in `configs/` only override. Unknown keys and values outside a `Literal` fail in
 `load_config` with the file, the key and the valid choices named.
+
+Every numeric field declares its valid range as dataclass metadata in interval notation,
+`field(default=0.5, metadata={"range": "[0, 1]"})`, `"(0, inf)"`, `"[1, inf)"`; `load_config`,
+`from_dict` and `replace` (command-line options) refuse a value outside it with the field, the
+value and the range in one line. NaN is never in range, and infinity only where the range closes
+on it (`"[0, inf]"`). tests/test_config_ranges.py fails for a numeric field without a range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,17 +36,17 @@ class ModelConfig:
     sets the input tile (the feature map is a quarter of it). The paper model is the default.
     """
 
-    image_size_px: int = 256
+    image_size_px: int = field(default=256, metadata={"range": "[20, inf)"})
     backbone_weights: str = "imagenet"  # "imagenet", "random" or a path to a VGG19 state dict
     features: Literal["pooled", "official"] = "pooled"
     attention: Literal["masked", "uniform"] = "masked"
     block_c: Literal["halo", "cnn"] = "halo"
-    width: float = 1.0
-    block_size: int = 12
-    halo_size: int = 2
-    dim_head: int = 16
-    decoder_first_channels: int = 380
-    decoder_middle_layers: int = 4
+    width: float = field(default=1.0, metadata={"range": "(0, inf)"})
+    block_size: int = field(default=12, metadata={"range": "[1, inf)"})
+    halo_size: int = field(default=2, metadata={"range": "[0, inf)"})
+    dim_head: int = field(default=16, metadata={"range": "[1, inf)"})
+    decoder_first_channels: int = field(default=380, metadata={"range": "[1, inf)"})
+    decoder_middle_layers: int = field(default=4, metadata={"range": "[0, inf)"})
 
 
 @dataclass(frozen=True)
@@ -47,27 +54,29 @@ class TrainConfig:
     """How to train HaloAE (the recipe of `model-spec.md`, plus our options)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 250
-    samples_per_epoch: int = 3000
-    batch_size: int = 4  # originals per step; each brings two Cut&Paste copies (x3 images)
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
+    epochs: int = field(default=250, metadata={"range": "[1, inf)"})
+    samples_per_epoch: int = field(default=3000, metadata={"range": "[1, inf)"})
+    # originals per step; each brings two Cut&Paste copies (x3 images)
+    batch_size: int = field(default=4, metadata={"range": "[1, inf)"})
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)"})
+    weight_decay: float = field(default=1e-5, metadata={"range": "[0, inf)"})
     weighting: Literal["ews", "equal", "kendall"] = "ews"
     # The EWS schedule is defined over the paper's 250 epochs; our epoch e sits at paper epoch
     # e * ews_epochs / epochs, so a short run still passes through the whole schedule.
-    ews_epochs: int = 250
+    ews_epochs: int = field(default=250, metadata={"range": "[1, inf)"})
     loss_cls: bool = True
     loss_fm: bool = True
     loss_im: bool = True
     augment: Literal["jitter", "hed", "none"] = "jitter"
-    colour_jitter: float = 0.1
-    hed_sigma: float = 0.03
-    workers: int = 4
-    seed: int = 0
+    colour_jitter: float = field(default=0.1, metadata={"range": "[0, 0.5]"})
+    hed_sigma: float = field(default=0.03, metadata={"range": "[0, inf)"})
+    workers: int = field(default=4, metadata={"range": "[0, inf)"})
+    seed: int = field(default=0, metadata={"range": "[0, inf)"})
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     bf16: bool = True  # autocast on CUDA only
     channels_last: bool = True  # CUDA only
-    score_percentile: float = 99.0  # default heatmap threshold: this percentile of training scores
+    # default heatmap threshold: this percentile of training scores
+    score_percentile: float = field(default=99.0, metadata={"range": "[0, 100]"})
 
 
 @dataclass(frozen=True)
@@ -85,14 +94,15 @@ class HeatmapConfig:
     see `wsi_haloae.model.anomaly`.
     """
 
-    mpp_um: float | None = None
-    level: int | None = None
-    assume_mpp_um: float | None = None
-    stride_px: int | None = None
-    min_tissue: float = 0.5
-    thumbnail_px: int = 2048  # long side of the thumbnail for the tissue mask and the overlay
-    batch_size: int | None = None
-    workers: int | None = None
+    mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    level: int | None = field(default=None, metadata={"range": "[0, inf)"})
+    assume_mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    stride_px: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    min_tissue: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # long side of the thumbnail for the tissue mask and the overlay
+    thumbnail_px: int = field(default=2048, metadata={"range": "[16, inf)"})
+    batch_size: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    workers: int | None = field(default=None, metadata={"range": "[0, inf)"})
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     backend: Literal["openslide", "tiffslide"] = "openslide"
     compile: bool = False  # torch.compile the model (CUDA; pays off on large slides)
@@ -100,12 +110,22 @@ class HeatmapConfig:
     # "jpeg" decodes the file's JPEG tiles on the device (grid = the file's tiles); "auto" does on CUDA
     tile_reader: Literal["auto", "slide", "jpeg"] = "auto"
     bf16: bool = True  # autocast on CUDA only
-    threshold: float | None = None
-    threshold_percentile: float | None = None
+    threshold: float | None = field(default=None, metadata={"range": "(-inf, inf)"})
+    threshold_percentile: float | None = field(default=None, metadata={"range": "[0, 100]"})
     normalisation: Literal["median", "mean"] = "median"
-    min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
-    simplify_px: float = 1.0  # outline simplification tolerance, heatmap px
-    chunk_px: int = 512  # OME-Zarr chunk side; also the band height of streaming writes
+    # smaller regions above threshold are dropped
+    min_region_um2: float = field(default=2000.0, metadata={"range": "[0, inf)"})
+    # outline simplification tolerance, heatmap px
+    simplify_px: float = field(default=1.0, metadata={"range": "[0, inf)"})
+    # OME-Zarr chunk side; also the band height of streaming writes
+    chunk_px: int = field(default=512, metadata={"range": "[1, inf)"})
+    # regions (`slides.regions`; as `tile --include`): score only tiles at least `min_inside` in
+    # the included minus the excluded area; `tissue_mask` replaces the built-in tissue mask
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_inside: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    tissue_mask: str | None = None
+    artefacts: Literal["report", "off"] = "report"  # pen/fold/blur QC (`heatmaps.artefacts`)
     tiles_gzip: bool = True  # tiles.geojson.gz (QuPath reads it as is); False writes plain tiles.geojson
 
 
@@ -116,6 +136,10 @@ def load_config(path: str | Path, cls: type[T]) -> T:
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read ({exc}); check the file and its permissions"
+        ) from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
@@ -135,6 +159,8 @@ def from_dict(cls: type[T], raw: Any, source: str = "config", prefix: str = "") 
             f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys: {', '.join(sorted(fields))}"
         )
     values = {name: _coerce(hints[name], value, source, f"{prefix}{name}") for name, value in raw.items()}
+    for name, value in values.items():
+        _check_range(fields[name], value, source, f"{prefix}{name}")
     return cls(**values)
 
 
@@ -146,8 +172,65 @@ def to_dict(obj: Any) -> dict[str, Any]:
 def replace(obj: T, **changes: Any) -> T:
     """A copy of a config dataclass with fields changed, type-checked like a YAML value."""
     hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
     checked = {k: _coerce(hints[k], v, "option", k) for k, v in changes.items() if v is not None}
+    for name, value in checked.items():
+        _check_range(fields[name], value, "option", name)
     return dataclasses.replace(obj, **checked)  # type: ignore[type-var]
+
+
+def check_ranges(obj: Any, source: str = "config", prefix: str = "") -> None:
+    """ConfigError for the first numeric field of config dataclass `obj` (nested ones included)
+    outside the range its metadata declares; for configs built in code rather than loaded."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, source, f"{prefix}{f.name}.")
+        else:
+            _check_range(f, value, source, f"{prefix}{f.name}")
+
+
+def numeric_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of dataclass `cls` typed int or float (or optionally so), bools excluded."""
+    hints = typing.get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+        if any(arg in (int, float) for arg in args):
+            found.append(f)
+    return found
+
+
+def parse_range(text: str) -> tuple[float, float, bool, bool]:
+    """Interval notation, e.g. "[0, 1]", "(0, inf)": (low, high, low closed, high closed)."""
+    text = text.strip()
+    if len(text) < 5 or text[0] not in "[(" or text[-1] not in "])" or text.count(",") != 1:
+        raise ValueError(f"range {text!r} is not interval notation such as '[0, 1]' or '(0, inf)'")
+    low, high = (float(part) for part in text[1:-1].split(","))
+    if low > high:
+        raise ValueError(f"range {text!r} is empty")
+    return low, high, text[0] == "[", text[-1] == "]"
+
+
+def in_range(value: float, text: str) -> bool:
+    """Whether `value` lies in interval `text` (NaN never does; infinity only where the range
+    closes on it, as in "[0, inf]")."""
+    low, high, low_closed, high_closed = parse_range(text)
+    if math.isnan(value):
+        return False
+    above = value >= low if low_closed else value > low
+    below = value <= high if high_closed else value < high
+    return above and below
+
+
+def _check_range(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
+    text = f.metadata.get("range")
+    if text is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not in_range(value, text):
+        what = "a value" if math.isfinite(value) else "a finite number"
+        raise ConfigError(f"{source}: '{key}' is {value!r}, outside its range {text}; use {what} in {text}")
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:

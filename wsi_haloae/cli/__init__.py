@@ -47,6 +47,9 @@ def main(verbose: int, quiet: bool) -> None:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if verbose > 1 else "warning")
     for noisy in ("distributed", "PIL", "matplotlib", "asyncio", "numcodecs", "fsspec", "tifffile"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # tifffile logs its own WARNING/ERROR lines about a damaged file before our one-line error
+    # says the same with the fix; they are only worth seeing when debugging (-vv)
+    logging.getLogger("tifffile").setLevel(level if verbose > 1 else logging.CRITICAL)
 
 
 for _module in (slides, tile, train, heatmap, export, evaluate, bench, demo, view):

@@ -41,8 +41,12 @@ def make_slide(
     progress: bool,
 ) -> None:
     """Write a synthetic pyramidal slide (tiled JPEG BigTIFF) with planted anomalies to OUT."""
+    from ..config import in_range
+    from ..errors import ConfigError
     from ..slides.synthetic import write_ground_truth, write_synthetic_slide
 
+    if not in_range(mpp_um, "(0, inf)"):
+        raise ConfigError(f"--mpp is {mpp_um}, outside its range (0, inf); use a finite number above 0")
     width_px, height_px = parse_size(size)
     slide = write_synthetic_slide(
         out,

@@ -46,10 +46,18 @@ def train_command(
 ) -> None:
     """Train HaloAE on normal tiles; writes RUN/model.safetensors, metrics and checkpoints."""
     from ..config import TrainConfig, load_config, replace
+    from ..errors import ConfigError
     from ..training.train import train
 
-    if config_path is None and resume and (out / "config.yaml").is_file():
-        config_path = out / "config.yaml"
+    run_config = out / "config.yaml"
+    if config_path is None and resume and run_config.exists():
+        config_path = run_config
+        # a run's recipe is never empty: an empty or unreadable one must not become the defaults
+        if not run_config.is_file() or run_config.stat().st_size == 0:
+            raise ConfigError(
+                f"{run_config} is empty or not a file (a run that crashed as it started?); pass the "
+                "run's recipe with --config, or delete the folder to start over"
+            )
     cfg = load_config(config_path, TrainConfig) if config_path is not None else TrainConfig()
     cfg = replace(cfg, epochs=epochs, device=device, workers=workers)
     if backbone_weights is not None:

@@ -9,7 +9,7 @@ overlay and a summary out, resumable after a kill.
     regions.geojson    regions above the threshold as QuPath annotations (area_um2, mean/max score)
     overlay.png        thumbnail + heatmap above the threshold + colour bar + outlines + scale bar
     top_tiles.png      the highest-scoring tiles at full resolution, with score and level-0 (x, y)
-    tile_scores.npz    per tile: x_l0, y_l0, tissue_fraction, score_mean, score_max (for re-thresholding)
+    tile_scores.npz    per tile: x_l0, y_l0, tissue_fraction, score_mean, score_max (for re-thresholding), artefact (QC)
     summary.json       what was done, with which model and threshold, counts, statistics, timings
 
 Heatmap frame: pixel (i, j) of level 0 covers level-0 slide pixels [j p, (j + 1) p) x [i p, (i + 1) p)
@@ -28,17 +28,14 @@ before), and ends with files identical to an uninterrupted run (on the CPU with 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,14 +45,24 @@ import torch
 
 from .. import __version__
 from ..annotations import write_feature_collection
-from ..config import HeatmapConfig, to_dict
+from ..config import HeatmapConfig, check_ranges, to_dict
 from ..errors import ConfigError, OutputError, SlideError
-from ..files import check_unique_stems, write_atomically
+from ..files import (
+    LOCK_NAME,  # noqa: F401  (the lock moved to files.py, train uses it too)
+    check_free_space,
+    check_unique_stems,
+    disk_full_is_an_output_error,
+    output_lock,
+    write_atomically,
+)
 from ..model.device import resolve_device
 from ..slides.grid import TileGrid
+from ..slides.qc import TileQC, qc_tiles
+from ..slides.regions import load_region_filter, select_in_regions, user_tissue
 from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
+from .artefacts import artefact_heat_mask, artefact_summary, label_artefact_tiles
 from .colours import score_colours
 from .gallery import save_top_tiles
 from .infer import InferenceEngine, TileMaps, default_workers
@@ -76,7 +83,6 @@ REGIONS_NAME = "regions.geojson"
 OVERLAY_NAME = "overlay.png"
 SCORES_NAME = "tile_scores.npz"
 SUMMARY_NAME = "summary.json"
-LOCK_NAME = ".lock"
 RESUME_DIR = ".resume"
 SUMMARY_FORMAT = "wsi-haloae/heatmap-summary/1"
 STORE_FINGERPRINT_FORMAT = 1
@@ -152,6 +158,7 @@ def heatmap_slide(
     runner does); by default one is built from `cfg` on the device the model is on.
     """
     started = time.perf_counter()
+    check_ranges(cfg, "heatmap settings")
     slide_path = Path(slide_path)
     folder = Path(out_dir) / slide_path.stem
     if engine is None:
@@ -161,7 +168,11 @@ def heatmap_slide(
             f"the engine normalises by {engine.scorer.normalisation}, the config by {cfg.normalisation}"
         )
     timings: dict[str, float] = {}
-    with open_slide(slide_path, backend=cfg.backend) as slide, output_lock(folder):
+    with (
+        open_slide(slide_path, backend=cfg.backend) as slide,
+        output_lock(folder),
+        disk_full_is_an_output_error(folder),
+    ):
         clock = time.perf_counter()
         plan = _plan(slide, trained, cfg)
         timings["tissue_s"] = time.perf_counter() - clock
@@ -171,6 +182,7 @@ def heatmap_slide(
             "threshold": threshold,
             "min_region_um2": cfg.min_region_um2,
             "simplify_px": cfg.simplify_px,
+            "artefacts": cfg.artefacts,
             "tiles_gzip": cfg.tiles_gzip,
         }
         finished = _finished_summary(folder, fingerprint, outputs_key)
@@ -179,9 +191,7 @@ def heatmap_slide(
             return _result(
                 slide_path, folder, finished, computed=0, resumed=0, seconds=time.perf_counter() - started
             )
-        # from here on the folder's outputs change: it is not finished until the summary is back
-        (folder / SUMMARY_NAME).unlink(missing_ok=True)
-
+        # the store checks its fingerprint before anything is written: a refused rerun changes nothing
         store = HeatmapStore.open(
             folder / STORE_NAME,
             plan.geometry.shape_yx,
@@ -189,7 +199,10 @@ def heatmap_slide(
             chunk_px=cfg.chunk_px,
             fingerprint=fingerprint,
         )
+        # from here on the folder's outputs change: it is not finished until the summary is back
+        (folder / SUMMARY_NAME).unlink(missing_ok=True)
         resumed = len(store.bands_done())
+        check_free_space(folder, _bytes_still_needed(plan, store), f"the heatmap of {slide_path.name}")
         run_record: dict[str, Any] = {"computed_tiles": 0, "bands_resumed": resumed}
         if not store.complete:
             # scores of an earlier store in this folder (deleted to recompute) must not survive
@@ -205,9 +218,24 @@ def heatmap_slide(
         scores = _tile_scores(folder, plan, store)
 
         clock = time.perf_counter()
+        qc = None if cfg.artefacts == "off" else qc_tiles(slide, plan.grid, plan.selection.indices)
+        timings["qc_s"] = time.perf_counter() - clock
+        scores = _with_artefacts(folder, scores, qc)
+        clock = time.perf_counter()
         namespace = f"{slide_path.name}:{fingerprint['model_sha256'][:16]}"
         summary = _write_outputs(
-            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings, threshold_source
+            slide,
+            folder,
+            plan,
+            store,
+            scores,
+            trained,
+            threshold,
+            cfg,
+            namespace,
+            timings,
+            threshold_source,
+            qc=qc,
         )
         summary.update(
             {
@@ -263,35 +291,6 @@ def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
     )
 
 
-@contextmanager
-def output_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (`fcntl.flock` on `folder/.lock`) for the block,
-    creating the folder if need be.
-
-    Raises OutputError naming the holder's pid when another run (in any process) holds it. The
-    lock goes with the process, so a killed run never leaves a stale one behind.
-    """
-    path = Path(folder) / LOCK_NAME
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"cannot create {path} ({exc.strerror}); choose a writable --out") from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputError(
-                f"another run is writing {folder} (pid {holder}); wait for it or choose another --out"
-            ) from None
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(handle)  # closing the descriptor releases the lock
-
-
 def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
     """Grid, tissue, selected tiles and heatmap geometry of a slide (reads only a thumbnail)."""
     if slide.mpp_um is None and cfg.assume_mpp_um is None:
@@ -318,11 +317,34 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         raise SlideError(
             f"{slide.path}: cannot read a thumbnail ({type(exc).__name__}: {exc}); the file may be corrupt"
         ) from exc
-    selection = select_tiles(
-        grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(slide.path)
-    )
+    if cfg.tissue_mask is None:
+        selection = select_tiles(
+            grid,
+            tissue.mask,
+            tissue.downsample,
+            min_tissue=cfg.min_tissue,
+            slide_name=str(slide.path),
+            colourless=tissue.colourless,
+        )
+    else:
+        tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, Path(slide.path).stem)
+    if regions is not None:
+        selection = select_in_regions(
+            grid, selection, regions, min_inside=cfg.min_inside, slide_name=str(slide.path)
+        ).selection
     geometry = HeatmapGeometry.for_grid(grid, band_px=cfg.chunk_px)
     return _Plan(grid, tissue, selection, geometry, (float(mpp_um_xy[0]), float(mpp_um_xy[1])))
+
+
+def _bytes_still_needed(plan: _Plan, store: HeatmapStore) -> int:
+    """A generous estimate of what the rest of the job writes: the unwritten part of the store
+    uncompressed (float32 score + uint8 mask per pixel, a third more for the pyramid, tissue
+    chunks only) plus about 1 KiB per tile for the GeoJSON and score files."""
+    height, width = plan.geometry.shape_yx
+    tissue = len(plan.selection) / max(1, len(plan.grid))
+    left = 0.0 if store.complete else 1.0 - len(store.bands_done()) / max(1, store.band_count)
+    return int(height * width * 5 * 4 / 3 * tissue * left) + 1024 * len(plan.selection)
 
 
 def _heatmap_mpp_yx(plan: _Plan) -> tuple[float, float]:
@@ -362,7 +384,7 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What the stored scores depend on: a store resumed with anything else is refused."""
     grid = plan.grid
-    return {
+    fingerprint = {
         "format": STORE_FINGERPRINT_FORMAT,
         "model_sha256": model_digest(trained),
         "slide": {
@@ -384,6 +406,14 @@ def _fingerprint(
         "normalisation": engine.scorer.normalisation,
         "tile_reader": cfg.tile_reader,
     }
+    if cfg.include or cfg.exclude or cfg.tissue_mask is not None:  # they choose the scored tiles
+        fingerprint["regions"] = {
+            "include": list(cfg.include),
+            "exclude": list(cfg.exclude),
+            "min_inside": cfg.min_inside,
+            "tissue_mask": cfg.tissue_mask,
+        }
+    return fingerprint
 
 
 def _score_missing_bands(
@@ -555,6 +585,23 @@ def _tile_scores(folder: Path, plan: _Plan, store: HeatmapStore) -> dict[str, np
     return scores
 
 
+def _with_artefacts(folder: Path, scores: dict[str, np.ndarray], qc: TileQC | None) -> dict[str, np.ndarray]:
+    """`scores` with the QC's per-tile `artefact` flags (bool), saved to `tile_scores.npz` when
+    they changed (the viewer and re-thresholding read them there); without QC, without them."""
+    if qc is None:
+        if "artefact" not in scores:
+            return scores
+        scores = {key: value for key, value in scores.items() if key != "artefact"}
+    elif "artefact" in scores and np.array_equal(scores["artefact"], qc.is_artefact):
+        return scores
+    else:
+        scores = {**scores, "artefact": qc.is_artefact}
+    buffer = io.BytesIO()
+    np.savez(buffer, **scores)
+    write_atomically(folder / SCORES_NAME, buffer.getvalue())
+    return scores
+
+
 def _level_at_most(shapes: list[tuple[int, int]], max_px: int) -> int:
     """The finest level whose long side is at most `max_px` (the coarsest if none is)."""
     for level, shape in enumerate(shapes):
@@ -575,6 +622,8 @@ def _write_outputs(
     namespace: str,
     timings: dict[str, float],
     threshold_source: str = "",
+    *,
+    qc: TileQC | None = None,
 ) -> dict[str, Any]:
     """Regions, tiles and overlay files; returns the summary's descriptive part. `namespace`
     (slide and model) seeds the features' UUIDs, so reruns write identical GeoJSON. A bool
@@ -584,9 +633,14 @@ def _write_outputs(
     clock = time.perf_counter()
     region_level = _level_at_most(shapes, REGION_MAX_PX)
     heat, computed = read_level(store.path, region_level)
+    coords_l0 = np.stack([scores["x_l0"], scores["y_l0"]], axis=1)
+    scored = computed
+    if qc is not None and qc.is_artefact.any():  # artefacts are not anomalies: no region over them
+        px_to_l0 = geometry.px_to_l0 * 2**region_level
+        scored = computed & ~artefact_heat_mask(heat.shape, px_to_l0, coords_l0, plan.grid.tile_size_l0, qc)
     regions = anomaly_regions(
         heat,
-        computed,
+        scored,
         threshold,
         px_to_l0=geometry.px_to_l0 * 2**region_level,
         mpp_um=plan.mpp_um_xy,
@@ -608,6 +662,8 @@ def _write_outputs(
         threshold=threshold,
         id_namespace=namespace,
     )
+    if qc is not None:
+        label_artefact_tiles(features, qc)
     tiles_name = TILES_NAME if cfg.tiles_gzip else TILES_PLAIN_NAME
     (folder / (TILES_PLAIN_NAME if cfg.tiles_gzip else TILES_NAME)).unlink(missing_ok=True)
     write_feature_collection(folder / tiles_name, features)
@@ -620,8 +676,11 @@ def _write_outputs(
     overlay_level = max(0, min(len(shapes) - 1, math.floor(math.log2(l0_per_thumb_px / geometry.px_to_l0))))
     if overlay_level != region_level:
         heat, computed = read_level(store.path, overlay_level)
-    anomalous = int((scores["score_mean"] > threshold).sum())
+    above = scores["score_mean"] > threshold
+    anomalous = int((above if qc is None else above & ~qc.is_artefact).sum())
     artefact = np.asarray(scores["artefact"], bool) if "artefact" in scores else None
+    if qc is not None:  # the QC of this run (`heatmaps.artefacts`)
+        artefact = qc.is_artefact
     coords_l0 = np.stack([scores["x_l0"], scores["y_l0"]], axis=1)
     mpp_x = plan.mpp_um_xy[0]
     save_overlay(
@@ -683,6 +742,7 @@ def _write_outputs(
             "levels": len(shapes),
         },
         "tiles": {"grid": len(plan.grid), "tissue": len(plan.selection), "anomalous": anomalous},
+        "artefacts": artefact_summary(qc),
         "scores": {
             "tile_mean": _statistics(scores["score_mean"]),
             "tile_max": _statistics(scores["score_max"]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -20,7 +21,7 @@ import queue
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -29,9 +30,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..config import check_ranges
 from ..errors import ConfigError, OutputError, SlideError
-from ..files import check_unique_stems, ensure_writable_dir, write_atomically
+from ..files import (
+    check_free_space,
+    check_unique_stems,
+    disk_full_is_an_output_error,
+    ensure_writable_dir,
+    write_atomically,
+)
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
+from .regions import DEFAULT_MIN_INSIDE, refine_selection, user_tissue
 from .slide import Slide, open_slide
 from .tissue import (
     DEFAULT_MIN_TISSUE,
@@ -51,6 +60,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 MANIFEST_NAME = "manifest.csv"
+FINGERPRINT_NAME = ".tiling.json"  # the settings the tiles in the folder were cut with
 MANIFEST_COLUMNS = (
     "slide",
     "path",
@@ -322,21 +332,33 @@ class TileConfig:
     `assume_mpp_um` stands in for a slide's missing mpp. `stride_px` (default: the tile size)
     below `tile_size_px` makes tiles overlap. Tiles with a tissue fraction below `min_tissue` are
     dropped; `max_tiles` (with `seed`) samples that many tiles uniformly across all slides.
+    Regions (`slides.regions`): `include` / `exclude` region specs (`file.geojson:Class`,
+    `file.xml`, `mask.png@16`) keep tiles with at least `min_inside` of their footprint in the
+    included minus the excluded area; `tissue_mask` (a region spec) replaces the built-in tissue
+    mask. `artefacts` (`slides.qc`): "exclude" drops pen, fold and blur tiles, "keep" keeps them
+    with an `artefact` manifest column, "off" skips the QC. `max_tiles_per_slide` caps each slide
+    (drawn with `seed`) before `max_tiles` samples across slides.
     """
 
-    mpp_um: float | None = None
-    level: int | None = None
-    assume_mpp_um: float | None = None
-    tile_size_px: int = DEFAULT_TILE_SIZE_PX
-    stride_px: int | None = None
-    min_tissue: float = DEFAULT_MIN_TISSUE
+    mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    level: int | None = field(default=None, metadata={"range": "[0, inf)"})
+    assume_mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    tile_size_px: int = field(default=DEFAULT_TILE_SIZE_PX, metadata={"range": "[1, inf)"})
+    stride_px: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    min_tissue: float = field(default=DEFAULT_MIN_TISSUE, metadata={"range": "[0, 1]"})
     image_format: Literal["png", "jpeg"] = "png"
-    max_tiles: int | None = None
-    seed: int = 0
-    workers: int = 0
-    batch_size: int = DEFAULT_BATCH_SIZE
+    max_tiles: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    seed: int = field(default=0, metadata={"range": "[0, inf)"})
+    workers: int = field(default=0, metadata={"range": "[0, inf)"})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"range": "[1, inf)"})
     backend: Literal["openslide", "tiffslide"] = "openslide"
-    thumbnail_px: int = DEFAULT_THUMBNAIL_PX
+    thumbnail_px: int = field(default=DEFAULT_THUMBNAIL_PX, metadata={"range": "[16, inf)"})
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_inside: float = field(default=DEFAULT_MIN_INSIDE, metadata={"range": "[0, 1]"})
+    tissue_mask: str | None = None
+    artefacts: Literal["exclude", "keep", "off"] = "exclude"
+    max_tiles_per_slide: int | None = field(default=None, metadata={"range": "[1, inf)"})
 
 
 @dataclass(frozen=True)
@@ -361,6 +383,8 @@ class SlidePlan:
     grid: TileGrid
     tissue: TissueMask
     selection: TileSelection
+    # extra manifest columns (name -> one cell per selected tile): regions, artefact kind
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 def write_tiles(
@@ -386,7 +410,8 @@ def write_tiles(
     plans = [plan_slide(path, out_dir, cfg) for path in slides]
     chosen = sample_tiles([len(plan.selection) for plan in plans], cfg.max_tiles, cfg.seed)
     for plan, picked in zip(plans, chosen):  # a folder from other settings fails before any writing
-        _tiled_already(plan, _manifest_text(plan, picked, cfg))
+        if not _tiled_already(plan, _manifest_text(plan, picked, cfg)):
+            _check_fingerprint(plan, cfg)
     with tqdm(
         total=sum(len(p) for p in chosen), unit="tile", desc="tiles", disable=not progress, smoothing=0.05
     ) as bar:
@@ -406,11 +431,18 @@ def tile_slide(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig, bar: tqdm |
         if bar is not None:
             bar.update(len(picked))
         return SlideTiles(plan.slide, plan.folder, manifest, len(picked), 0, True)
-    missing = _prepare_folder(plan, picked, cfg)
-    if bar is not None:
-        bar.update(len(picked) - len(missing))
-    written = _write_slide_tiles(plan, missing, cfg, bar)
-    write_atomically(manifest, text.encode())
+    with disk_full_is_an_output_error(plan.folder):
+        _check_fingerprint(plan, cfg)
+        write_atomically(plan.folder / FINGERPRINT_NAME, _fingerprint(plan, cfg).encode())
+        missing = _prepare_folder(plan, picked, cfg)
+        per_tile = plan.grid.tile_size_px**2 * (3 if cfg.image_format == "png" else 1) + 1024
+        check_free_space(
+            plan.folder, len(missing) * per_tile, f"the {len(missing)} tiles of {plan.slide.name}"
+        )
+        if bar is not None:
+            bar.update(len(picked) - len(missing))
+        written = _write_slide_tiles(plan, missing, cfg, bar)
+        write_atomically(manifest, text.encode())
     log.info("%s: %d tiles in %s", plan.slide, len(picked), plan.folder)
     return SlideTiles(plan.slide, plan.folder, manifest, len(picked), written, False)
 
@@ -427,6 +459,61 @@ def _tiled_already(plan: SlidePlan, manifest_text: str) -> bool:
     return True
 
 
+def _fingerprint(plan: SlidePlan, cfg: TileConfig) -> str:
+    """What a tile file's pixels depend on besides its name: a rerun into a folder holding tiles
+    with another fingerprint would mix two tilings under one manifest."""
+    grid = plan.grid
+    settings = {
+        "slide": plan.slide.name,
+        "level": grid.level,
+        "read_size_px": grid.read_size_px,
+        "tile_size_px": grid.tile_size_px,
+        "tile_size_l0": grid.tile_size_l0,
+        "image_format": cfg.image_format,
+    }
+    return json.dumps(settings, sort_keys=True) + "\n"
+
+
+def _check_fingerprint(plan: SlidePlan, cfg: TileConfig) -> None:
+    """OutputError when the slide's folder holds (unfinished) tiles cut with other settings."""
+    path = plan.folder / FINGERPRINT_NAME
+    tiles_dir = plan.folder / "tiles"
+    wanted = _fingerprint(plan, cfg)
+    fix = "delete the folder or tile into another --out, or rerun with the settings it was started with"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if stored != json.loads(wanted):
+            differs = ", ".join(
+                f"{key} {stored.get(key)} (now {value})"
+                for key, value in json.loads(wanted).items()
+                if not isinstance(stored, dict) or stored.get(key) != value
+            )
+            raise OutputError(
+                f"{plan.folder} holds unfinished tiles made with other settings ({differs}); {fix}"
+            )
+        return
+    # a folder from before fingerprints: the size of a tile already there tells
+    existing = (
+        next((p for p in tiles_dir.iterdir() if p.suffix in (".png", ".jpg")), None)
+        if tiles_dir.is_dir()
+        else None
+    )
+    if existing is not None:
+        try:
+            with Image.open(existing) as image:
+                size = image.size
+        except OSError:
+            return  # a damaged tile: rewritten like a half-written one
+        if size != (plan.grid.tile_size_px, plan.grid.tile_size_px):
+            raise OutputError(
+                f"{plan.folder} holds unfinished tiles of {size[0]} x {size[1]} px, not "
+                f"{plan.grid.tile_size_px} px; {fix}"
+            )
+
+
 def check_tile_job(slides: list[Path], out_dir: Path, cfg: TileConfig) -> None:
     """ConfigError or OutputError before any work: no slides, clashing names, bad options, unwritable out."""
     check_unique_stems(slides)
@@ -434,6 +521,7 @@ def check_tile_job(slides: list[Path], out_dir: Path, cfg: TileConfig) -> None:
         raise ConfigError(f"max tiles {cfg.max_tiles} must be at least 1")
     if cfg.image_format not in ("png", "jpeg"):
         raise ConfigError(f"tile format {cfg.image_format!r} is not one of png, jpeg")
+    check_ranges(cfg, "tile settings")
     ensure_writable_dir(out_dir)
 
 
@@ -453,10 +541,19 @@ def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
         )
         log.info("%s: %s", path, grid)
         tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
-        selection = select_tiles(
-            grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(path)
-        )
-    return SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection)
+        if cfg.tissue_mask is None:
+            selection = select_tiles(
+                grid,
+                tissue.mask,
+                tissue.downsample,
+                min_tissue=cfg.min_tissue,
+                slide_name=str(path),
+                colourless=tissue.colourless,
+            )
+        else:
+            tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+        selection, columns = refine_selection(slide, grid, selection, cfg)
+    return SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection, columns)
 
 
 def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np.ndarray]:
@@ -481,8 +578,9 @@ def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
     mpp = "" if grid.mpp_um is None else f"{grid.mpp_um:.6g}"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for (x_l0, y_l0), fraction in zip(coords_l0.tolist(), fractions.tolist()):
+    writer.writerow(MANIFEST_COLUMNS + tuple(plan.columns))
+    extra = [[cells[i] for cells in plan.columns.values()] for i in picked.tolist()]
+    for (x_l0, y_l0), fraction, more in zip(coords_l0.tolist(), fractions.tolist(), extra):
         writer.writerow(
             [
                 plan.slide,
@@ -495,6 +593,7 @@ def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
                 grid.tile_size_px,
                 mpp,
                 f"{fraction:.4f}",
+                *more,
             ]
         )
     return buffer.getvalue()

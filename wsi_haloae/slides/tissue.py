@@ -49,6 +49,7 @@ class TissueMask:
     mask: np.ndarray
     thumbnail: np.ndarray
     downsample: tuple[float, float]
+    colourless: bool = False  # every thumbnail pixel is grey: colour-based detection cannot work
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def detect_tissue(slide: Slide, *, max_size_px: int = DEFAULT_THUMBNAIL_PX) -> T
 
     Raises SlideError naming the slide when the thumbnail cannot be read.
     """
+    if max_size_px < 16:
+        raise ConfigError(f"thumbnail_px {max_size_px} is too small for tissue detection; use 16 or more")
     try:
         thumbnail = slide.thumbnail(max_size_px)
     except SlideError:
@@ -96,7 +99,17 @@ def detect_tissue(slide: Slide, *, max_size_px: int = DEFAULT_THUMBNAIL_PX) -> T
     downsample = (width_l0 / thumbnail.shape[1], height_l0 / thumbnail.shape[0])
     mask = tissue_mask(thumbnail)
     log.info("%s: tissue covers %.1f%% of the slide", slide.path, 100.0 * mask.mean())
-    return TissueMask(mask=mask, thumbnail=thumbnail, downsample=downsample)
+    return TissueMask(
+        mask=mask, thumbnail=thumbnail, downsample=downsample, colourless=is_colourless(thumbnail)
+    )
+
+
+def is_colourless(thumbnail_rgb: np.ndarray) -> bool:
+    """True when every pixel is grey (R, G and B within 2 levels) but the image is not blank
+    (its brightness varies): a grayscale scan, on which colour-based tissue detection cannot work."""
+    channels = thumbnail_rgb.astype(np.int16)
+    grey = np.abs(channels - channels.mean(axis=2, keepdims=True)).max(initial=0) <= 2
+    return bool(grey and np.ptp(channels) > 30)
 
 
 def tile_tissue_fraction(
@@ -127,6 +140,7 @@ def select_tiles(
     *,
     min_tissue: float = DEFAULT_MIN_TISSUE,
     slide_name: str = "the slide",
+    colourless: bool = False,
 ) -> TileSelection:
     """The grid tiles with a tissue fraction of at least `min_tissue` (0 keeps every tile).
 
@@ -139,6 +153,12 @@ def select_tiles(
     keep = np.flatnonzero(fraction >= min_tissue)
     if keep.size == 0:
         best = float(fraction.max()) if fraction.size else 0.0
+        if not mask.any() and colourless:
+            raise NoTissueError(
+                f"{slide_name}: no tissue found because the slide has no colour (every pixel is grey); "
+                "tissue detection needs stained (e.g. H&E) colour: use an RGB scan, or --min-tissue 0 "
+                "to keep every tile"
+            )
         if not mask.any():
             raise NoTissueError(
                 f"{slide_name}: no tissue found on the slide; if faint tissue is there, --min-tissue 0 keeps every tile"

@@ -18,6 +18,7 @@ Every failure to read one is a CheckpointError of one line naming the file and t
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
@@ -55,7 +56,15 @@ def save_train_state(path: Path, state: Mapping[str, Any]) -> None:
     rng (torch CPU RNG state), optionally kendall and cuda_rng. Format and version are added.
     """
     payload = {"format": TRAIN_STATE_FORMAT, "version": __version__, **state}
-    write_atomically(path, lambda handle: torch.save(payload, handle), durable=True)
+
+    def write(handle: Any) -> None:
+        # serialised in memory first: torch's zip writer turns a full disk into an opaque
+        # RuntimeError ("unexpected pos ..."), a plain write raises the OSError that says so
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        handle.write(buffer.getbuffer())
+
+    write_atomically(path, write, durable=True)
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
@@ -65,7 +74,13 @@ def load_train_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"no resume checkpoint at {path}; train without --resume first")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's own text advises weights_only=False (running the file's code): never repeat it
+        raise CheckpointError(
+            f"{path} is not a wsi-haloae training checkpoint: it holds data other than tensors and plain "
+            f"values ({_unpickler_reason(exc)}), so it was not loaded; {fix}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({_first_line(exc)}); {fix}") from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path} is not a wsi-haloae training checkpoint; {fix}")
@@ -134,6 +149,11 @@ class TrainedModel:
         normalised by `normalisation`."""
         q = self.config.score_percentile if percentile is None else percentile
         if not 0.0 <= q <= 100.0:
+            if percentile is None:
+                raise ConfigError(
+                    f"the model in {self.run_dir} stores score_percentile {q}, outside [0, 100]; "
+                    "pass --threshold or a threshold_percentile in [0, 100], or re-train"
+                )
             raise ConfigError(f"threshold percentile is {q}; use a value between 0 and 100")
         return float(np.percentile(self.train_scores[normalisation].double().cpu().numpy(), q))
 
@@ -153,6 +173,11 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
             "finish `wsi-haloae train` there or pass a run folder that has one"
         )
     fix = "re-train, or copy the file again from where it was trained"
+    kind = _not_safetensors(file)
+    if kind is not None:
+        raise CheckpointError(
+            f"{file} is not a model file ({kind}); pass a training run folder or its {MODEL_FILE}"
+        )
     try:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -181,6 +206,21 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
             raise CheckpointError(
                 f"{file}: {name}_map is {tuple(value.shape)} but its config says {size_px} px images; {fix}"
             )
+    for name, value in train_scores.items():
+        if value.ndim != 1 or value.numel() == 0:
+            raise CheckpointError(
+                f"{file}: train_scores.{name} holds {tuple(value.shape)} values, not a non-empty list of "
+                f"training tile scores; {fix}"
+            )
+    bad = _first_non_finite(
+        {
+            **{f"{name}_map": value for name, value in maps.items()},
+            **{f"train_scores.{name}": value for name, value in train_scores.items()},
+            **tensors,
+        }
+    )
+    if bad is not None:
+        raise CheckpointError(f"{file}: {bad} holds NaN or infinite values; {fix}")
     unknown = sorted(k for k in tensors if not k.startswith("model."))
     if unknown:
         raise CheckpointError(f"{file} holds an unknown tensor '{unknown[0]}'; {fix}")
@@ -221,7 +261,7 @@ def _stored_config(file: Path, metadata: Mapping[str, str]) -> TrainConfig:
             f"{file} has no readable config in its metadata ({written_by}); re-train"
         ) from None
     try:
-        return from_dict(TrainConfig, raw, source=str(file))
+        return from_dict(TrainConfig, raw, source=f"the config stored in model file {file}")
     except ConfigError as exc:
         raise CheckpointError(f"{exc} ({written_by}); use that version or re-train") from None
 
@@ -240,6 +280,49 @@ def _first_mismatch(expected: Mapping[str, Tensor], stored: Mapping[str, Tensor]
     for key, value in expected.items():
         if stored[key].shape != value.shape:
             return f"'{key}' is {tuple(stored[key].shape)} in the file, {tuple(value.shape)} for the config"
+    return None
+
+
+def _not_safetensors(file: Path) -> str | None:
+    """What `file` is when it is plainly not a safetensors file, else None.
+
+    A safetensors file starts with the 8-byte little-endian length of a JSON header, then `{`.
+    """
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(9)
+            size = file.stat().st_size
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
+        return None
+    if len(head) < 9:
+        return None  # too short to tell: safetensors calls it truncated
+    if head[:2] == b"PK":
+        return "a zip archive, e.g. a PyTorch checkpoint such as checkpoints/last.pt"
+    if head[:2] in (b"II", b"MM"):
+        return "a TIFF file, e.g. a slide"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file, e.g. a config.yaml"
+    return "not in the safetensors format"
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().split(". ")[0].splitlines()[0].strip()
+        return reason.rstrip(".") or "an object that is not a tensor"
+    return "not a tensor-only file"
+
+
+def _first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    for name in sorted(tensors):
+        value = tensors[name]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
     return None
 
 

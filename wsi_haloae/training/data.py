@@ -87,7 +87,8 @@ def _read_manifest(manifest: Path) -> list[Path]:
                 raise DataError(
                     f"manifest {manifest} has no 'path' column; re-create it with `wsi-haloae tile`"
                 )
-            paths = [manifest.parent / row["path"] for row in reader]
+            rows = list(reader)
+            paths = [manifest.parent / row["path"] for row in rows]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(
             f"manifest {manifest} cannot be read ({exc}); re-create it with `wsi-haloae tile`"
@@ -98,7 +99,26 @@ def _read_manifest(manifest: Path) -> list[Path]:
             f"manifest {manifest} lists {len(missing)} missing tile(s), e.g. {missing[0]}; "
             "re-run `wsi-haloae tile` into that folder"
         )
+    _check_tile_sizes(manifest, paths, [row.get("tile_size_px") for row in rows])
     return paths
+
+
+def _check_tile_sizes(manifest: Path, paths: list[Path], sizes: list[str | None]) -> None:
+    """DataError when a tile's image is not the size its manifest row states (a folder whose
+    tiles were cut with two settings); reads only the image headers."""
+    for path, size in zip(paths, sizes):
+        if not size:
+            continue
+        try:
+            with Image.open(path) as image:
+                actual = image.size
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"tile {path} cannot be read as an image ({exc}); remove or replace it") from None
+        if actual != (int(size), int(size)):
+            raise DataError(
+                f"tile {path} is {actual[0]} x {actual[1]} px but {manifest} says {size} px: the folder mixes "
+                "two tilings; delete it and re-run `wsi-haloae tile`"
+            )
 
 
 def read_tile(path: Path, size_px: int) -> Tensor:

@@ -16,6 +16,7 @@ The run folder `out` receives:
     metrics.jsonl           one JSON object per epoch: mean losses, α, seconds, images/s
     checkpoints/last.pt     the state after the last finished epoch, for `resume=True`
     model.safetensors       the trained model with its normalisation map and training scores
+    .lock                   locked (`files.output_lock`) while a run writes: a second run is refused
 
 A resumed run reproduces the uninterrupted one exactly on the CPU: samples depend only on
 (seed, epoch, index) and the checkpoint holds everything else that changes (weights, Adam moments,
@@ -40,9 +41,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, check_ranges, to_dict
 from ..errors import CheckpointError, ConfigError, OutputError
-from ..files import ensure_writable_dir
+from ..files import disk_full_is_an_output_error, ensure_writable_dir, output_lock, write_atomically
 from ..model.anomaly import NORMALISATIONS, Normalisation, anomaly_map, feature_error, image_scores
 from ..model.device import resolve_device
 from ..model.haloae import HaloAE
@@ -71,20 +72,20 @@ def train(
     """
     out = Path(out)
     checkpoint_path = out / CHECKPOINT
-    if not resume and (checkpoint_path.exists() or (out / MODEL_FILE).exists()):
-        raise OutputError(
-            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
-        )
+    _refuse_existing_run(out, resume)
     for name in ("epochs", "samples_per_epoch", "batch_size", "ews_epochs"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} is {getattr(cfg, name)}; it must be at least 1")
     if not (cfg.loss_cls or cfg.loss_fm or cfg.loss_im):
         raise ConfigError("loss_cls, loss_fm and loss_im are all false; keep at least one loss term")
+    check_ranges(cfg, "train config")
     device = resolve_device(cfg.device)
     paths = find_tiles(tiles)
     ensure_writable_dir(out)
 
-    with _log_to(out / "train.log"):
+    # the lock first: a second run into this folder is refused before it writes anything
+    with output_lock(out), disk_full_is_an_output_error(out), _log_to(out / "train.log"):
+        _refuse_existing_run(out, resume)  # again, now that no other run can be writing
         # ---- data: Cut&Paste triplets keyed by (epoch, index), batches of B triplets
         tile_set = TileDataset(paths, cfg.model.image_size_px)
         triplets = TripletDataset(
@@ -132,7 +133,7 @@ def train(
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             start_epoch = int(state["epoch"])
             log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_atomically(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         metrics_path = out / "metrics.jsonl"
         _keep_metrics_before(metrics_path, start_epoch)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -219,8 +220,9 @@ def train(
                 "seconds": seconds,
                 "images_per_s": 3 * cfg.samples_per_epoch / seconds,
             }
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            # the whole file rewritten atomically: a full disk cannot leave half a line
+            before = metrics_path.read_bytes() if metrics_path.exists() else b""
+            write_atomically(metrics_path, before + (json.dumps(record) + "\n").encode())
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -336,6 +338,13 @@ def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
     return options
 
 
+def _refuse_existing_run(out: Path, resume: bool) -> None:
+    if not resume and ((out / CHECKPOINT).exists() or (out / MODEL_FILE).exists()):
+        raise OutputError(
+            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+
+
 def _check_resumable(path: Path, stored: dict[str, Any], cfg: TrainConfig) -> None:
     stored, current = _flatten(stored), _flatten(to_dict(cfg))
     for key in sorted(set(stored) | set(current)):
@@ -361,9 +370,14 @@ def _keep_metrics_before(path: Path, epoch: int) -> None:
     # A run killed between writing an epoch's metrics and its checkpoint redoes that epoch.
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] < epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash or a full disk (older versions appended)
+    write_atomically(path, "".join(line + "\n" for line in kept).encode())
 
 
 @contextmanager
