@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from reference.halo_reference import reference_halo_attention
 
-from wsi_haloae.model.halo import HaloAttention
+from wsi_haloae.model.halo import ATTENTION_KERNELS, HaloAttention, set_attention_kernel
 
 
 def _layer(dim: int, block: int, halo: int, heads: int = 2, dim_head: int = 4, **kw: object) -> HaloAttention:
@@ -138,3 +138,64 @@ def test_channels_last_bf16_and_gradients() -> None:
     layer(x).square().sum().backward()
     grads = [x.grad, *(p.grad for p in layer.parameters())]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+# ---- the two routes into scaled_dot_product_attention, against the explicit softmax
+
+
+@pytest.mark.parametrize("block, halo, height, width, heads, dim_head, n", CASES)
+def test_sdpa_kernels_equal_the_explicit_softmax(
+    block: int, halo: int, height: int, width: int, heads: int, dim_head: int, n: int
+) -> None:
+    layer = _layer(6, block, halo, heads, dim_head)
+    x = torch.randn(n, 6, height, width, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        q, k, v, bias, valid = layer._project(x)
+        explicit = layer._weights(q, k, bias, valid) @ v  # the softmax written out, no SDPA
+        expected = layer.to_out(layer._merge_blocks(explicit, n, height, width))
+        outputs = {}
+        for kernel in ATTENTION_KERNELS:
+            set_attention_kernel(layer, kernel)
+            outputs[kernel] = layer(x)
+    for kernel, out in outputs.items():
+        difference = (out - expected).abs().max().item()
+        assert difference < 1e-5, f"{kernel}: max abs difference {difference:.2e}"
+    # the folded route has no bias tensor: its keys carry the positions and the padding
+    q_aug, k_aug, v_aug = layer._project_folded(x)
+    assert q_aug.shape[-1] % 8 == 0 and q_aug.shape[-1] == k_aug.shape[-1] == v_aug.shape[-1]
+    assert q_aug.shape[-1] >= dim_head + 2 * (block + 2 * halo) + 1
+
+
+def test_folded_kernel_bf16_channels_last_and_gradients_match_bias() -> None:
+    layer = _layer(8, 12, 2, heads=2, dim_head=16)
+    x = torch.randn(2, 8, 24, 24, generator=torch.Generator().manual_seed(3))
+    results = {}
+    for kernel in ATTENTION_KERNELS:
+        set_attention_kernel(layer, kernel)
+        layer.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        out = layer(xg.contiguous(memory_format=torch.channels_last))
+        out.square().sum().backward()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = layer(x)
+        results[kernel] = (out.detach(), xg.grad, layer.rel_row.grad.clone(), bf16.float())
+    (out_b, gx_b, gr_b, bf_b), (out_f, gx_f, gr_f, bf_f) = results["bias"], results["folded"]
+    torch.testing.assert_close(out_f, out_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx_f, gx_b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gr_f, gr_b, atol=1e-4, rtol=1e-4)
+    # bf16: both within bf16 rounding of the float32 output
+    scale = out_b.abs().max()
+    assert (bf_f - out_b).abs().max() < 0.05 * scale and (bf_b - out_b).abs().max() < 0.05 * scale
+
+
+def test_set_attention_kernel_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="bias, folded"):
+        set_attention_kernel(_layer(4, 4, 1), "flash")
+
+
+def test_channels_last_layer_keeps_channels_last() -> None:
+    layer = _layer(8, 4, 2).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = layer(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)

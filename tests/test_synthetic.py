@@ -199,8 +199,8 @@ def test_bad_parameters(tmp_path: Path) -> None:
         write_synthetic_slide(tmp_path / "a.tiff", 8, 100)
     with pytest.raises(ConfigError, match="mpp -1"):
         write_synthetic_slide(tmp_path / "a.tiff", 100, 100, mpp_um=-1)
-    with pytest.raises(ConfigError, match="tissue layout 'sparse'"):
-        write_synthetic_slide(tmp_path / "a.tiff", 100, 100, tissue="sparse")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="tissue layout 'patchy'"):
+        write_synthetic_slide(tmp_path / "a.tiff", 100, 100, tissue="patchy")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="cannot fit 50 anomalies"):
         write_synthetic_slide(tmp_path / "a.tiff", 256, 256, anomalies=50)
     assert not list(tmp_path.iterdir())
@@ -241,3 +241,15 @@ def test_make_slide_command(tmp_path: Path) -> None:
         assert result.exit_code == 2, size
         assert result.output.startswith("error: --size") and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "bad.tiff").exists()
+
+
+def test_sparse_tissue_is_one_blob_of_the_same_size_on_any_slide() -> None:
+    from wsi_haloae.slides.synthetic import SPARSE_BLOB_PX, plan_synthetic_slide
+
+    small = plan_synthetic_slide("a.tiff", 16384, 16384, tissue="sparse")
+    large = plan_synthetic_slide("b.tiff", 70000, 70000, tissue="sparse")
+    assert len(small.tissue_shapes) == len(large.tissue_shapes) == 1
+    assert small.tissue.area == pytest.approx(large.tissue.area, rel=0.05)
+    assert small.tissue.area < SPARSE_BLOB_PX**2  # a few hundred 64-px tiles whatever the size
+    minx, miny, maxx, maxy = large.tissue.bounds
+    assert 33000 < minx < maxx < 37000 and 33000 < miny < maxy < 37000

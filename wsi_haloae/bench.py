@@ -4,6 +4,7 @@
 processes, against N times a plain single-process `read_region` loop over the same tiles?
 `benchmark_heatmap`: how many tiles per second does `heatmap` score end to end, how fast is each
 of its stages alone, and how does it compare with the paper's batch-1 fp32 setting?
+`benchmark_cpu`: tiles/s of the scorer on the CPU against the FLOP rate of a plain matrix product.
 `provenance` heads every printed table with its date, machine and command.
 """
 
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +206,7 @@ def benchmark_heatmap(
     workers: int | None = None,
     device: str = "auto",
     compile: bool = False,
+    cuda_graphs: bool = False,
     bf16: bool = True,
     baseline_tiles: int = 64,
     progress: bool = False,
@@ -235,7 +238,13 @@ def benchmark_heatmap(
         else:
             path = Path(slide_path)
         cfg = HeatmapConfig(
-            level=0, batch_size=batch_size, workers=workers, device=device, compile=compile, bf16=bf16
+            level=0,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            bf16=bf16,
         )
         readers = reader_processes(cfg, torch_device)
 
@@ -255,6 +264,7 @@ def benchmark_heatmap(
             batch_size=batch_size,
             bf16=bf16,
             compile=compile,
+            cuda_graphs=cuda_graphs,
             normalisation=cfg.normalisation,
             tissue_aware=cfg.tissue_aware,
         )
@@ -374,3 +384,121 @@ def _untrained(config: TrainConfig, folder: Path, device: torch.device) -> Train
     zeros = {name: torch.zeros(size, size) for name in ("mean", "median", "tissue_mean", "tissue_median")}
     save_trained(folder / MODEL_FILE, model, config, zeros, {name: torch.zeros(1) for name in zeros})
     return load_trained(folder, device)
+
+
+# --- CPU cost ---------------------------------------------------------------------------------
+
+# Tiles of a 70,000 x 70,000 px slide at 256 px (0.5 µm/px, tiled at level 0, all tissue)
+SLIDE_70K_TILES = (70_000 // 256) ** 2
+
+
+@dataclass(frozen=True)
+class CpuBenchRow:
+    """The scorer of one config on the CPU: FLOP per tile (counted by torch's FLOP counter on
+    the forward: convolutions, matrix products, attention), tiles/s on random tiles, and the
+    FLOP rate that makes; `matmul_gflops` is the same process's rate on a plain float32 matrix
+    product, so `efficiency` says how close the model gets to what the CPU can do at all."""
+
+    config: str
+    tile_size_px: int
+    gflop_per_tile: float
+    batch_size: int
+    tiles: int
+    seconds: float
+    matmul_gflops: float
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def gflops(self) -> float:
+        return self.tiles_per_s * self.gflop_per_tile
+
+    @property
+    def efficiency(self) -> float:
+        return self.gflops / self.matmul_gflops if self.matmul_gflops > 0 else 0.0
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an fp32 (size x size) @ (size x size) product on the CPU (median of `repeats`,
+    after one warm-up), with torch's current thread count."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
+def benchmark_cpu(
+    configs: Sequence[tuple[str, TrainConfig]], *, batch_size: int = 2, batches: int = 2
+) -> list[CpuBenchRow]:
+    """One `CpuBenchRow` per (name, config): an untrained model of each (random VGG19; speed does
+    not depend on weights), scored on `batches` batches of `batch_size` random uint8 tiles after
+    one warm-up batch, fp32, torch's current thread count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .heatmaps.infer import TileScorer
+
+    rows = []
+    for name, config in configs:
+        rate = matmul_gflops()  # beside each config: on a shared machine the load moves
+        torch.manual_seed(config.seed)
+        model_cfg = dataclass_replace(config.model, backbone_weights="random")
+        model = HaloAE(model_cfg).eval()
+        size = model_cfg.image_size_px
+        zeros = torch.zeros(size, size)
+        trained = TrainedModel(
+            model, config, zeros, zeros, {"mean": zeros[0], "median": zeros[0]}, Path(name)
+        )
+        scorer = TileScorer(trained).eval()
+        generator = torch.Generator().manual_seed(0)
+        tiles = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, generator=generator)
+        with torch.inference_mode():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                scorer(tiles[:1])
+            scorer(tiles)  # warm-up
+            started = time.perf_counter()
+            for _ in range(batches):
+                scorer(tiles)
+            seconds = time.perf_counter() - started
+        rows.append(
+            CpuBenchRow(
+                config=name,
+                tile_size_px=size,
+                gflop_per_tile=counter.get_total_flops() / 1e9,
+                batch_size=batch_size,
+                tiles=batch_size * batches,
+                seconds=seconds,
+                matmul_gflops=rate,
+            )
+        )
+    return rows
+
+
+def format_cpu_bench(rows: Sequence[CpuBenchRow]) -> str:
+    """The CPU benchmark as a Markdown table, with what a 70k x 70k slide would take."""
+    lines = [
+        "| config | tile px | GFLOP/tile | batch | tiles | seconds | tiles/s | model GFLOP/s | matmul GFLOP/s | model / matmul |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.config} | {row.tile_size_px} | {row.gflop_per_tile:.1f} | {row.batch_size} | {row.tiles} | "
+            f"{row.seconds:.1f} | {row.tiles_per_s:.3f} | {row.gflops:.1f} | {row.matmul_gflops:.1f} | "
+            f"{100 * row.efficiency:.0f} % |"
+        )
+    for row in rows:
+        if row.tile_size_px == 256 and row.tiles_per_s > 0:
+            hours = SLIDE_70K_TILES / row.tiles_per_s / 3600
+            lines.append(
+                f"\nA 70,000 x 70,000 px slide ({SLIDE_70K_TILES:,} tiles of 256 px, all tissue) with the "
+                f"{row.config} config at this rate: {hours:.0f} h ({hours / 24:.1f} days)."
+            )
+    return "\n".join(lines)

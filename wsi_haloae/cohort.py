@@ -195,7 +195,7 @@ def _engine(run: Path, cfg: HeatmapConfig) -> tuple[Any, Any]:
     from .training.checkpoint import load_trained
 
     device = resolve_device(cfg.device)
-    key = (str(run), str(device), cfg.batch_size, cfg.bf16, cfg.compile, cfg.normalisation)
+    key = (str(run), str(device), cfg.batch_size, cfg.bf16, cfg.compile, cfg.cuda_graphs, cfg.normalisation)
     if key not in _ENGINES:
         trained = load_trained(run, device)
         engine = engine_for(trained, cfg)

@@ -117,6 +117,9 @@ class HeatmapConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     backend: Literal["openslide", "tiffslide"] = "openslide"
     compile: bool = False  # torch.compile the model (CUDA; pays off on large slides)
+    cuda_graphs: bool = False  # replay the model as a CUDA graph (CUDA only; see heatmaps/infer.py)
+    # "jpeg" decodes the file's JPEG tiles on the device (grid = the file's tiles); "auto" does on CUDA
+    tile_reader: Literal["auto", "slide", "jpeg"] = "auto"
     bf16: bool = True  # autocast on CUDA only
     threshold: float | None = field(default=None, metadata={"range": "(-inf, inf)"})
     threshold_percentile: float | None = field(default=None, metadata={"range": "[0, 100]"})

@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import WsiHaloaeError
-from . import bench, demo, evaluate, heatmap, slides, tile, train, validate, view
+from . import bench, demo, evaluate, export, heatmap, slides, tile, train, validate, view
 
 
 class _Group(click.Group):
@@ -52,6 +52,6 @@ def main(verbose: int, quiet: bool) -> None:
     logging.getLogger("tifffile").setLevel(level if verbose > 1 else logging.CRITICAL)
 
 
-for _module in (slides, tile, train, heatmap, evaluate, validate, bench, demo, view):
+for _module in (slides, tile, train, heatmap, export, evaluate, validate, bench, demo, view):
     for _command in _module.COMMANDS:
         main.add_command(_command)

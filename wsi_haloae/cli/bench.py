@@ -94,6 +94,7 @@ def tiling_command(
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
+@click.option("--cuda-graphs", is_flag=True, help="Replay the model as a CUDA graph (CUDA).")
 @click.option("--no-bf16", is_flag=True, help="Run in float32 on CUDA too.")
 @click.option(
     "--baseline-tiles", type=int, default=64, show_default=True, help="Tiles for the batch-1 fp32 baseline."
@@ -108,6 +109,7 @@ def bench_heatmap_command(
     workers: int | None,
     device: str,
     compile_model: bool,
+    cuda_graphs: bool,
     no_bf16: bool,
     baseline_tiles: int,
 ) -> None:
@@ -134,6 +136,7 @@ def bench_heatmap_command(
         workers=workers,
         device=device,
         compile=compile_model,
+        cuda_graphs=cuda_graphs,
         bf16=not no_bf16,
         baseline_tiles=baseline_tiles,
     )
@@ -144,6 +147,40 @@ def bench_heatmap_command(
         accelerator = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     click.echo(provenance(accelerator))
     click.echo(format_heatmap_bench(bench))
+
+
+@bench_group.command("cpu")
+@click.option(
+    "--config",
+    "config_paths",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TrainConfig YAML to time (repeatable) [default: configs/haloae-paper.yaml and configs/tiny.yaml].",
+)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--batches", type=int, default=2, show_default=True, help="Timed batches per config.")
+@click.option("--threads", type=int, help="torch threads (default: torch's own).")
+def bench_cpu_command(
+    config_paths: tuple[Path, ...], batch_size: int, batches: int, threads: int | None
+) -> None:
+    """Tiles/s of the scorer on the CPU (fp32), and its FLOP rate against a plain matmul's."""
+    import torch
+
+    from ..bench import benchmark_cpu, format_cpu_bench, provenance
+    from ..config import TrainConfig, load_config
+    from ..errors import ConfigError
+
+    if batch_size < 1 or batches < 1:
+        raise ConfigError(f"--batch-size {batch_size} and --batches {batches} must be at least 1")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if not config_paths:
+        root = Path(__file__).resolve().parents[2] / "configs"
+        config_paths = (root / "haloae-paper.yaml", root / "tiny.yaml")
+    configs = [(path.stem, load_config(path, TrainConfig)) for path in config_paths]
+    rows = benchmark_cpu(configs, batch_size=batch_size, batches=batches)
+    click.echo(provenance(f"no GPU, {torch.get_num_threads()} torch threads"))
+    click.echo(format_cpu_bench(rows))
 
 
 COMMANDS: list[click.Command] = [bench_group]

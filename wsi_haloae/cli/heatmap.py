@@ -52,6 +52,16 @@ from .region_options import region_options
 @click.option(
     "--compile/--no-compile", "compile_model", default=None, help="torch.compile the model (default: no)."
 )
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
+    default=None,
+    help="Replay the model as a CUDA graph (CUDA; exclusive with --compile; default: no).",
+)
+@click.option(
+    "--tile-reader",
+    type=click.Choice(["auto", "slide", "jpeg"]),
+    help="jpeg: decode the file's JPEG tiles on the device; slide: OpenSlide reads; auto (default): jpeg on CUDA when the grid is the file's tiles.",
+)
 @click.option("--no-bf16", is_flag=True, help="Run in float32 on CUDA too.")
 @click.option(
     "--threshold",
@@ -106,6 +116,8 @@ def heatmap_command(
     device: str | None,
     backend: str | None,
     compile_model: bool | None,
+    cuda_graphs: bool | None,
+    tile_reader: str | None,
     no_bf16: bool,
     threshold: float | None,
     threshold_file: Path | None,
@@ -149,6 +161,8 @@ def heatmap_command(
         device=device,
         backend=backend,
         compile=compile_model,
+        cuda_graphs=cuda_graphs,
+        tile_reader=tile_reader,
         threshold=threshold,
         threshold_file=None if threshold_file is None else str(threshold_file),
         normalisation=normalisation,

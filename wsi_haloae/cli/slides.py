@@ -18,10 +18,10 @@ from .bench import parse_size
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the layout and textures.")
 @click.option(
     "--tissue",
-    type=click.Choice(["blobs", "full"]),
+    type=click.Choice(["blobs", "full", "sparse"]),
     default="blobs",
     show_default=True,
-    help="Tissue blobs on a white background, or tissue everywhere.",
+    help="Tissue blobs on a white background, tissue everywhere, or one small blob in the middle.",
 )
 @click.option(
     "--ground-truth",

@@ -67,6 +67,7 @@ from .calibration import CALIBRATION_NAME, normalise_scores, read_calibration
 from .colours import score_colours
 from .gallery import save_top_tiles
 from .infer import InferenceEngine, TileMaps, default_workers
+from .jpeg_decode import select_reader
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
 from .regions import anomaly_regions, region_features, tile_features
@@ -87,8 +88,10 @@ RESUME_DIR = ".resume"
 SUMMARY_FORMAT = "wsi-haloae/heatmap-summary/1"
 STORE_FINGERPRINT_FORMAT = 1
 # Regions are outlined on the finest pyramid level at most this many pixels on its long side:
-# level 0 of a 70k-px slide at 2 µm/px would need GBs for the same outlines at 8 µm.
-REGION_MAX_PX = 8192
+# level 0 of a 70k-px slide at 2 µm/px would need GBs for the same outlines at 8 µm. Outlining
+# holds the level, its mask and a label image (~13 bytes/px): 8192 px made peak RSS grow 9 % from a
+# 16k to a 32k slide (docs/benchmarks.md, "Host memory"); 4096 keeps it within ~210 MB.
+REGION_MAX_PX = 4096
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,7 @@ def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
         batch_size=cfg.batch_size,
         bf16=cfg.bf16,
         compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs,
         normalisation=cfg.normalisation,
         tissue_aware=cfg.tissue_aware,
     )
@@ -432,6 +436,7 @@ def _fingerprint(
         "precision": engine.precision,
         "normalisation": engine.scorer.normalisation,
         "tissue_aware": engine.scorer.tissue_aware,
+        "tile_reader": cfg.tile_reader,
     }
     if cfg.include or cfg.exclude or cfg.tissue_mask is not None:  # they choose the scored tiles
         fingerprint["regions"] = {
@@ -508,6 +513,7 @@ def _score_missing_bands(
             flush(band)
 
     workers = reader_processes(cfg, engine.device)
+    jpeg, tile_reader = select_reader(slide, plan.grid, arrivals, engine.device, cfg.tile_reader)
     stats = None
     if len(arrivals):
         stats = engine.run(
@@ -519,6 +525,7 @@ def _score_missing_bands(
             batch_size=batch_size,
             progress=progress,
             tissue=plan.tissue if engine.scorer.tissue_aware else None,
+            jpeg=jpeg,
         )
     for band in stitcher.finish():
         flush(band)
@@ -526,6 +533,7 @@ def _score_missing_bands(
         "computed_tiles": len(arrivals),
         "batch_size": batch_size,
         "workers": workers,
+        "tile_reader": tile_reader,
         "inference": None
         if stats is None
         else dataclasses.asdict(stats) | {"tiles_per_s": stats.tiles_per_s},

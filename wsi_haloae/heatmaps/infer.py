@@ -2,7 +2,8 @@
 
 Three stages overlap:
 
-    reader processes (`slides.tiles.iter_tiles`, shared-memory batches)
+    reader processes (`slides.tiles.iter_tiles`, shared-memory batches), or, when the grid's
+    tiles are the file's JPEG tiles, their bytes decoded in batches on the device (`jpeg_decode`)
       -> main thread: copy into a pinned host buffer, upload with a non-blocking copy, run the
          model under `torch.inference_mode` (bf16 autocast and channels_last on CUDA, optionally
          `torch.compile`), reduce the anomaly maps on the device, start copying the small results
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,10 +47,12 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..model.anomaly import Normalisation, anomaly_map, feature_error, fill_glass, image_scores
 from ..slides.grid import TileGrid
+from ..slides.jpeg_tiles import JpegTiles
 from ..slides.slide import Slide
 from ..slides.tiles import iter_tiles, read_tile
 from ..slides.tissue import TissueMask
 from ..training.checkpoint import TrainedModel
+from .jpeg_decode import JpegTileReader
 from .stitch import HEATMAP_REDUCTION, tile_tissue_on_heatmap
 
 log = logging.getLogger(__name__)
@@ -142,7 +146,8 @@ class TileScorer(nn.Module):
         if tissue is not None:
             x = fill_glass(x, tissue)
         x = x.contiguous(memory_format=self.memory_format)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # no autocast weight-cast cache: a CUDA graph must capture the casts (PyTorch's graph docs)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             output = self.model(x, heads=False)
         error = feature_error(output.fm.float(), output.fm_hat.float())  # (N, F, F)
         maps = anomaly_map(error, self.size_px, self.reference_map, self.map_order)  # (N, S, S)
@@ -169,12 +174,17 @@ class InferenceEngine:
         batch_size: int | None = None,
         bf16: bool = True,
         compile: bool = False,
+        cuda_graphs: bool = False,
         reduction: int = HEATMAP_REDUCTION,
         normalisation: Normalisation = "mean",
         tissue_aware: bool = False,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size {batch_size} must be at least 1")
+        if compile and cuda_graphs:
+            raise ConfigError(
+                "compile and cuda_graphs are two ways to cut launch overhead; turn one of them off"
+            )
         self.trained = trained
         self.device = device
         cuda = device.type == "cuda"
@@ -204,19 +214,56 @@ class InferenceEngine:
         self.batch_size = batch_size or choose_batch_size(self.scorer, device)
         self.tile_size_px = self.scorer.size_px
         self.map_px = self.tile_size_px // reduction
+        # CUDA graph of one full batch, captured on first use (`_graph_forward`)
+        self.cuda_graphs = cuda_graphs and cuda
+        if cuda_graphs and not cuda:
+            log.warning("cuda_graphs needs a CUDA device; running %s without", device)
+        self._graphs: dict[
+            bool, tuple[torch.cuda.CUDAGraph, Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor]]
+        ] = {}
         log.info(
             "inference on %s: %s, batch %d%s",
             device,
             self.precision,
             self.batch_size,
-            ", compiled" if compile else "",
+            ", compiled" if compile else ", CUDA graph" if self.cuda_graphs else "",
         )
 
     @torch.inference_mode()
     def score(self, images: Tensor, tissue: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Maps (N, T, T), score_mean (N,), score_max (N,) of uint8 tiles (N, S, S, 3) on the
-        device, scored over their `tissue` (N, T, T) bool pixels when given."""
+        device, scored over their `tissue` (N, T, T) bool pixels when given.
+
+        With CUDA graphs, a full batch replays the captured graph: the results are the graph's own
+        output tensors, overwritten by the next call (the engine copies them out first, in stream
+        order); other batch sizes run eagerly."""
+        if self.cuda_graphs and images.shape[0] == self.batch_size:
+            return self._graph_forward(images, tissue)
         return self._forward(images, tissue)
+
+    def _graph_forward(self, images: Tensor, tissue: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        # one graph per input signature: with and without a tissue mask
+        key = tissue is not None
+        if key not in self._graphs:
+            static_in = images.clone()
+            static_tissue = None if tissue is None else tissue.clone()
+            # warm up on a side stream (cuDNN's autotuner and lazy inits run outside the capture)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._forward(static_in, static_tissue)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in, static_tissue)
+            self._graphs[key] = (graph, static_in, static_tissue, static_out)
+        graph, static_in, static_tissue, static_out = self._graphs[key]
+        static_in.copy_(images)
+        if static_tissue is not None and tissue is not None:
+            static_tissue.copy_(tissue)
+        graph.replay()
+        return static_out
 
     def run(
         self,
@@ -229,15 +276,18 @@ class InferenceEngine:
         batch_size: int | None = None,
         progress: bool = False,
         tissue: TissueMask | None = None,
+        jpeg: JpegTiles | None = None,
     ) -> InferStats:
         """Score the grid tiles `indices` of `slide` in order, in batches of `batch_size` (default:
         the engine's), and call `sink` with each batch's `TileMaps`, in order, from a writer thread.
 
-        `workers` reader processes decode tiles ahead (0: read in this thread). An exception in
-        the sink stops the run and is raised here; one here (or Ctrl-C) stops the writer after
-        the batch it is on. With `tissue` (the slide's mask), each tile is scored over its tissue
-        pixels (`tile_tissue_on_heatmap`), as an engine built `tissue_aware` expects. Returns
-        where the time went.
+        `workers` reader processes decode tiles ahead (0: read in this thread). With `jpeg` (the
+        file's JPEG tiles, `jpeg_decode.select_reader`), tiles are decoded from their bytes on the
+        engine's device instead (`jpeg_decode.JpegTileReader`) and `workers` is unused. With
+        `tissue` (the slide's mask), each tile is scored over its tissue pixels
+        (`tile_tissue_on_heatmap`), as an engine built `tissue_aware` expects. An exception in the
+        sink stops the run and is raised here; one here (or Ctrl-C) stops the writer after the
+        batch it is on. Returns where the time went.
         """
         if (tissue is not None) != self.scorer.tissue_aware:
             raise ValueError("pass the slide's tissue mask exactly when the engine is tissue-aware")
@@ -277,12 +327,26 @@ class InferenceEngine:
 
         writer.start()
         try:
-            reader = iter_tiles(slide, grid, indices, batch_size=batch, workers=workers)
+            if jpeg is not None:
+                decoder = JpegTileReader(jpeg, slide, grid, indices, batch_size=batch, device=self.device)
+                reader: Iterator[tuple[np.ndarray, Any]] = iter(decoder)
+                closer: Any = decoder
+                workers = 0  # the decoder's threads read; the model keeps every core
+            else:
+                batches_read = iter_tiles(slide, grid, indices, batch_size=batch, workers=workers)
+                reader = ((b.indices, b.images) for b in batches_read)
+                closer = batches_read
+            # full batches of device pixels when the decoder's last batch is short (fixed shapes)
+            device_in = (
+                torch.empty((batch, size, size, 3), dtype=torch.uint8, device=self.device)
+                if jpeg is not None and self.pad_batches
+                else None
+            )
             pending: tuple[int, np.ndarray] | None = None
             with (
                 # events and non-blocking copies use the current device: make it the engine's
                 torch.cuda.device(self.device) if cuda else leave_cores_to_readers(workers),
-                closing(reader),
+                closing(closer),
                 tqdm(total=len(indices), unit="tile", desc="heatmap", disable=not progress) as bar,
             ):
                 while True:
@@ -291,34 +355,38 @@ class InferenceEngine:
                     read_wait += time.perf_counter() - waited
                     if tiles is None:
                         break
-                    slot, count = batches % 2, len(tiles)
+                    tile_indices, pixels = tiles
+                    slot, count = batches % 2, len(tile_indices)
                     if uploaded[slot] is not None:
-                        uploaded[slot].synchronize()  # batch k - 2's upload from this buffer is done
-                    # the reader reuses its buffer on the next request: copy the pixels out now
-                    host_in[slot][:count].copy_(torch.from_numpy(tiles.images))
-                    images = host_in[slot] if self.pad_batches else host_in[slot][:count]
-                    images = images.to(self.device, non_blocking=True)
+                        uploaded[slot].synchronize()  # batch k - 2's uploads from these buffers are done
+                    if isinstance(pixels, Tensor):  # decoded on the device already
+                        images = pixels
+                        if device_in is not None and count < batch:
+                            device_in[:count].copy_(pixels)
+                            images = device_in
+                    else:
+                        # the reader reuses its buffer on the next request: copy the pixels out now
+                        host_in[slot][:count].copy_(torch.from_numpy(pixels))
+                        images = host_in[slot] if self.pad_batches else host_in[slot][:count]
+                        images = images.to(self.device, non_blocking=True)
                     on_tissue = None
                     if tissue is not None:
-                        host_tissue[slot][:count].copy_(
-                            torch.from_numpy(
-                                tile_tissue_on_heatmap(
-                                    tissue.mask, tissue.downsample, coords_l0[tiles.indices], grid, map_px
-                                )
-                            )
+                        on_map = tile_tissue_on_heatmap(
+                            tissue.mask, tissue.downsample, coords_l0[tile_indices], grid, map_px
                         )
-                        on_tissue = host_tissue[slot] if self.pad_batches else host_tissue[slot][:count]
+                        host_tissue[slot][:count].copy_(torch.from_numpy(on_map))
+                        on_tissue = host_tissue[slot][: images.shape[0]]
                         on_tissue = on_tissue.to(self.device, non_blocking=True)
                     if uploaded[slot] is not None:
                         uploaded[slot].record()
-                    results = self.score(images) if on_tissue is None else self.score(images, on_tissue)
+                    results = self.score(images, on_tissue)
                     for host, result in zip(host_out[slot], results):
                         host[: len(result)].copy_(result, non_blocking=cuda)
                     if downloaded[slot] is not None:
                         downloaded[slot].record()
                     if pending is not None:
                         queue_wait += hand_over(*pending)
-                    pending = (slot, tiles.indices.copy())
+                    pending = (slot, np.array(tile_indices, copy=True))
                     batches += 1
                     bar.update(count)
                     writer.raise_if_failed()
@@ -508,7 +576,8 @@ def time_model(engine: InferenceEngine, batches: int) -> StageTiming:
     for _ in range(batches):
         engine.score(images)
     _synchronize(engine.device)
-    note = f"batch {engine.batch_size}, {engine.precision}{', compiled' if engine.compiled else ''}"
+    mode = ", compiled" if engine.compiled else ", CUDA graph" if engine.cuda_graphs else ""
+    note = f"batch {engine.batch_size}, {engine.precision}{mode}"
     return StageTiming("model only", batches * engine.batch_size, time.perf_counter() - started, note)
 
 

@@ -96,11 +96,14 @@ def reference_at_features(error_reference: Tensor, size_px: int) -> Tensor:
 
 
 def _blur(maps: Tensor) -> Tensor:
-    """(N, 1, H, W) -> same: the 3x3 [1, 2, 1]/4 Gaussian, reflect-101 border."""
-    kernel_1d = torch.tensor(_GAUSS_1D, device=maps.device, dtype=maps.dtype)
-    kernel = torch.outer(kernel_1d, kernel_1d)[None, None]  # (1, 1, 3, 3)
+    """(N, 1, H, W) -> (N, H, W): the 3x3 [1, 2, 1]/4 Gaussian, reflect-101 border."""
     # PyTorch's "reflect" padding leaves the edge pixel out, which is OpenCV's reflect-101
-    return F.conv2d(F.pad(maps, (1, 1, 1, 1), mode="reflect"), kernel)
+    padded = F.pad(maps, (1, 1, 1, 1), mode="reflect")[:, 0]
+    # separable, with the weights as Python numbers: no host-to-device copy of a kernel tensor,
+    # so the scorer runs inside a CUDA graph and exports to ONNX as plain arithmetic
+    left, centre, right = _GAUSS_1D
+    rows = left * padded[:, :-2] + centre * padded[:, 1:-1] + right * padded[:, 2:]
+    return left * rows[:, :, :-2] + centre * rows[:, :, 1:-1] + right * rows[:, :, 2:]
 
 
 def image_scores(maps: Tensor, tissue: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,8 @@ from its own level-0 coordinates, so any region renders on its own and tiles joi
 - Tissue: H&E-like stroma (pink, with fibres and slow colour drift) dotted with dark purple
   nuclei, on a near-white background. `tissue="blobs"` lays one smooth blob in each cell of a
   coarse grid, each blob clear of its cell's border, so the slide's corners and the strips between
-  blobs are background; `tissue="full"` makes every pixel tissue.
+  blobs are background; `tissue="full"` makes every pixel tissue; `tissue="sparse"` lays one
+  blob of at most `SPARSE_BLOB_PX` across in the middle, whatever the slide size (memory benchmarks).
 - Anomalies, each inside one blob of tissue and a few hundred µm across, cycle through three kinds:
   "foreign" (a cross-hatched grey-green texture), "stain" (a dark blue or brown blob), "fold"
   (tissue overlaid on a shifted copy of itself, darker). A pixel shows an anomaly exactly when its
@@ -66,7 +67,7 @@ AnomalyKind = Literal["foreign", "stain", "fold"]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = get_args(AnomalyKind)
 ArtefactKind = Literal["pen", "blur", "fold"]
 ARTEFACT_KINDS: tuple[ArtefactKind, ...] = get_args(ArtefactKind)
-TissueLayout = Literal["blobs", "full"]
+TissueLayout = Literal["blobs", "full", "sparse"]
 
 TILE_PX = 256
 JPEG_QUALITY = 90
@@ -92,6 +93,7 @@ _NUCLEUS_CELL_UM = 12.0
 _NUCLEUS_RADIUS_UM = (1.8, 3.2)
 _NUCLEUS_EDGE_UM = 0.6
 _ANOMALY_RADIUS_UM = (100.0, 200.0)
+SPARSE_BLOB_PX = 2048  # the one blob of tissue="sparse"
 _BLOB_CELL_UM = 8000.0  # tissue blobs are at most ~7 mm across, as on a real slide
 # Artefacts. Ink transmits these fractions of red, green and blue (blue and green markers).
 _PEN_INKS = (np.array([0.15, 0.5, 0.8], np.float32), np.array([0.3, 0.72, 0.45], np.float32))
@@ -321,6 +323,10 @@ def plan_synthetic_slide(
     if tissue == "full":
         shapes: tuple[StarShape, ...] = ()
         region: Polygon | MultiPolygon = box(0, 0, width_px, height_px)
+    elif tissue == "sparse":
+        radius = min(SPARSE_BLOB_PX, min(width_px, height_px)) * 0.4
+        shapes = (_star(rng, (width_px / 2, height_px / 2), (radius, radius), 0.12, n=256),)
+        region = shapes[0].polygon
     else:
         shapes = _tissue_blobs(rng, width_px, height_px, texture_mpp)
         region = shapes[0].polygon if len(shapes) == 1 else MultiPolygon([s.polygon for s in shapes])

@@ -443,7 +443,9 @@ def _calibrate_feature_first(
     start = 0
     for error, filled, tissue in errors("reference maps"):
         if tissue.shape[-1] != error.shape[-1]:
-            raise ValueError(f"tissue mask {tuple(tissue.shape)} is not at feature resolution {tuple(error.shape)}")
+            raise ValueError(
+                f"tissue mask {tuple(tissue.shape)} is not at feature resolution {tuple(error.shape)}"
+            )
         summed = error.sum(0, dtype=torch.float64)
         in_tissue = torch.where(tissue, filled, torch.zeros_like(filled)).sum(0, dtype=torch.float64)
         counted = tissue.sum(0, dtype=torch.float64)
