@@ -20,7 +20,7 @@ import queue
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -30,8 +30,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..errors import ConfigError, OutputError, SlideError
-from ..files import check_unique_stems, ensure_writable_dir, write_atomically
+from ..files import check_unique_stems, ensure_writable_dir, slide_stem, write_atomically
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
+from .inputs import check_input
 from .slide import Slide, open_slide
 from .tissue import (
     DEFAULT_MIN_TISSUE,
@@ -319,7 +320,9 @@ class TileConfig:
     """How the `tile` job cuts slides into training tiles.
 
     Resolution: `mpp_um` (µm/px of the tiles) or a pyramid `level`; neither means 0.5 µm/px.
-    `assume_mpp_um` stands in for a slide's missing mpp. `stride_px` (default: the tile size)
+    `slide_mpp_um` overrides a slide's own µm/px, `assume_mpp_um` stands in for a missing one;
+    reading finer than level 0 needs `allow_upsample`; `allow_non_brightfield` turns the input-kind
+    refusals (`inputs.check_input`) into warnings. `stride_px` (default: the tile size)
     below `tile_size_px` makes tiles overlap. Tiles with a tissue fraction below `min_tissue` are
     dropped; `max_tiles` (with `seed`) samples that many tiles uniformly across all slides.
     """
@@ -327,6 +330,9 @@ class TileConfig:
     mpp_um: float | None = None
     level: int | None = None
     assume_mpp_um: float | None = None
+    slide_mpp_um: float | None = field(default=None, metadata={"range": "[0.05, 20]"})
+    allow_upsample: bool = False
+    allow_non_brightfield: bool = False
     tile_size_px: int = DEFAULT_TILE_SIZE_PX
     stride_px: int | None = None
     min_tissue: float = DEFAULT_MIN_TISSUE
@@ -450,13 +456,16 @@ def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
             tile_size_px=cfg.tile_size_px,
             stride_px=cfg.stride_px,
             assume_mpp_um=cfg.assume_mpp_um,
+            slide_mpp_um=cfg.slide_mpp_um,
+            allow_upsample=cfg.allow_upsample,
         )
         log.info("%s: %s", path, grid)
         tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
+        check_input(slide, tissue, allow=cfg.allow_non_brightfield)
         selection = select_tiles(
             grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(path)
         )
-    return SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection)
+    return SlidePlan(path.resolve(), out_dir / slide_stem(path), grid, tissue, selection)
 
 
 def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np.ndarray]:
@@ -471,7 +480,7 @@ def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np
 
 def _tile_name(plan: SlidePlan, x_l0: int, y_l0: int, cfg: TileConfig) -> str:
     extension = "png" if cfg.image_format == "png" else "jpg"
-    return f"{plan.slide.stem}_x{x_l0}_y{y_l0}.{extension}"
+    return f"{slide_stem(plan.slide)}_x{x_l0}_y{y_l0}.{extension}"
 
 
 def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:

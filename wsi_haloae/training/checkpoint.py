@@ -9,7 +9,9 @@ A training run folder holds two kinds:
   HaloAE including the frozen backbone (under `model.`), `mean_map` and `median_map` (S, S), the
   per-pixel mean and median anomaly maps of the training tiles, and `train_scores.<mean|median>`
   (N,), their image scores relative to each map;
-  metadata `format`, `version` and `config` (the TrainConfig as JSON). Inference needs nothing else.
+  metadata `format`, `version` and `config` (the TrainConfig as JSON), and `training_resolution`
+  (JSON of `resolution.TrainingResolution`: tile µm/px, tile and input size; absent in files
+  written before it was recorded, which load with `resolution` None). Inference needs nothing else.
 
 Both are written to a temporary file in the destination folder, flushed to disk, then moved over
 the final name with `os.replace`, so a crash leaves either the old file or the new one, never half.
@@ -39,6 +41,7 @@ from ..files import write_atomically
 from ..model.anomaly import NORMALISATIONS, Normalisation
 from ..model.backbone import VGGFeatures
 from ..model.haloae import HaloAE
+from .resolution import TrainingResolution
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +84,11 @@ def save_trained(
     config: TrainConfig,
     reference_maps: Mapping[str, Tensor],
     train_scores: Mapping[str, Tensor],
+    resolution: TrainingResolution | None = None,
 ) -> None:
     """Write the trained model atomically as safetensors: weights and, per normalisation (mean,
     median), the reference map (S, S) as `<name>_map` and the training tiles' scores (N,) as
-    `train_scores.<name>`."""
+    `train_scores.<name>`; `resolution` (how the training tiles were sampled) goes in the metadata."""
     size_px = config.model.image_size_px
     if sorted(reference_maps) != sorted(NORMALISATIONS) or sorted(train_scores) != sorted(NORMALISATIONS):
         raise ValueError(f"reference_maps and train_scores must have one entry for each of {NORMALISATIONS}")
@@ -101,6 +105,8 @@ def save_trained(
         tensors[f"{name}_map"] = reference_maps[name].detach().float().cpu().contiguous()
         tensors[f"train_scores.{name}"] = train_scores[name].detach().float().cpu().contiguous()
     metadata = {"format": MODEL_FORMAT, "version": __version__, "config": json.dumps(to_dict(config))}
+    if resolution is not None:
+        metadata["training_resolution"] = json.dumps(resolution.to_dict())
     blob = safetensors_bytes(tensors, metadata=metadata)
     write_atomically(path, blob, durable=True)
 
@@ -113,7 +119,8 @@ class TrainedModel:
     training tiles, the references raw maps are made relative to
     (`anomaly_map(error, S, reference_map(normalisation))`); `train_scores[normalisation]` (N,) are
     the training tiles' image scores relative to that reference, the distribution thresholds
-    come from.
+    come from. `resolution` is how the training tiles were sampled (None: a model file written
+    before wsi-haloae recorded it).
     """
 
     model: HaloAE
@@ -122,6 +129,7 @@ class TrainedModel:
     median_map: Tensor
     train_scores: dict[str, Tensor]
     run_dir: Path
+    resolution: TrainingResolution | None = None
 
     def reference_map(self, normalisation: Normalisation) -> Tensor:
         """The training map anomaly maps are made relative to: the mean (the paper's) or the median."""
@@ -195,6 +203,7 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{file}: weights do not match the config stored with them ({mismatch}); {fix}")
     model.load_state_dict(weights)
     model.to(device).eval()
+    resolution = _stored_resolution(file, metadata)
     log.info(
         "loaded %s: %d px tiles, %d training scores, written by wsi-haloae %s",
         file,
@@ -209,7 +218,19 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         median_map=maps["median"].to(device),
         train_scores=train_scores,
         run_dir=file.parent,
+        resolution=resolution,
     )
+
+
+def _stored_resolution(file: Path, metadata: Mapping[str, str]) -> TrainingResolution | None:
+    if "training_resolution" not in metadata:
+        return None  # an older model file: `heatmap` says what to do about it
+    try:
+        return TrainingResolution.from_dict(json.loads(metadata["training_resolution"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{file} has an unreadable training_resolution in its metadata; re-train, or copy the file again"
+        ) from None
 
 
 def _stored_config(file: Path, metadata: Mapping[str, str]) -> TrainConfig:

@@ -49,6 +49,7 @@ from ..model.haloae import HaloAE
 from .checkpoint import MODEL_FILE, load_train_state, save_train_state, save_trained
 from .data import EpochSampler, TileDataset, TripletDataset, find_tiles
 from .losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss
+from .resolution import training_resolution
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,21 @@ _RESUME_MAY_CHANGE = ("workers", "device", "score_percentile", "model.backbone_w
 
 
 def train(
-    cfg: TrainConfig, tiles: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    tiles: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tile_mpp_um: float | str | None = None,
 ) -> Path:
     """Train HaloAE on `tiles` (see `data.find_tiles`) into the run folder `out`; returns `out`.
 
     `resume=True` continues from `out/checkpoints/last.pt` when it exists (and starts afresh
     otherwise); without it, a folder that already holds a run is refused with an OutputError.
-    `progress` shows a tqdm bar with the loss terms and α weights.
+    `progress` shows a tqdm bar with the loss terms and α weights. The model records its training
+    resolution (`resolution.training_resolution`: from the tile manifests, else `tile_mpp_um`, a
+    µm/px or "unknown"); mixed resolutions are refused.
     """
     out = Path(out)
     checkpoint_path = out / CHECKPOINT
@@ -82,9 +91,11 @@ def train(
         raise ConfigError("loss_cls, loss_fm and loss_im are all false; keep at least one loss term")
     device = resolve_device(cfg.device)
     paths = find_tiles(tiles)
+    resolution = training_resolution(tiles, paths, cfg.model.image_size_px, tile_mpp_um)
     ensure_writable_dir(out)
 
     with _log_to(out / "train.log"):
+        log.info("training resolution of the model input: %s", resolution)
         # ---- data: Cut&Paste triplets keyed by (epoch, index), batches of B triplets
         tile_set = TileDataset(paths, cfg.model.image_size_px)
         triplets = TripletDataset(
@@ -260,7 +271,7 @@ def train(
             channels_last=channels_last,
             progress=progress,
         )
-        save_trained(out / MODEL_FILE, model, cfg, reference_maps, train_scores)
+        save_trained(out / MODEL_FILE, model, cfg, reference_maps, train_scores, resolution)
         scores = train_scores["median"].double()
         log.info(
             "model written to %s; training scores (median map): median %.4g, p%g %.4g",
