@@ -8,6 +8,7 @@ the tile scores find the planted anomalies (tile-level AUROC against the exact g
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import HeatmapConfig, TrainConfig, from_dict
-from .heatmaps.heatmap import SCORES_NAME, heatmap_slide
+from .heatmaps.heatmap import SCORES_NAME, SUMMARY_NAME, heatmap_slide
 from .slides.synthetic import anomaly_mask, plan_synthetic_slide, write_ground_truth, write_synthetic_slide
 from .slides.tiles import TileConfig, write_tiles
 from .training.checkpoint import load_trained
@@ -45,6 +46,7 @@ DEMO_TRAIN = {
     "device": "cpu",
 }
 TILE_MPP_UM = 1.0  # 64-px tiles of 64 µm: tissue texture and anomalies both visible
+# The heatmap is given no resolution: it scores at the one the model records from its tiles.
 ANOMALOUS_FRACTION = 0.25  # a tile is anomalous in the ground truth when this much of it is
 
 
@@ -87,14 +89,18 @@ def run_demo(out_dir: str | Path, *, size_px: int = 4096, seed: int = 0, progres
     if not (run_dir / "model.safetensors").is_file():
         train(cfg, out / "tiles", run_dir, resume=(run_dir / "checkpoints").is_dir(), progress=progress)
     trained = load_trained(run_dir)
-    result = heatmap_slide(
-        test_path, trained, out / "heatmaps", HeatmapConfig(mpp_um=TILE_MPP_UM, workers=0), progress
+    result = heatmap_slide(test_path, trained, out / "heatmaps", HeatmapConfig(workers=0), progress)
+    summary = json.loads((result.out_dir / SUMMARY_NAME).read_text())
+    log.info(
+        "heatmap tiles at %.4g µm/px, the model's training resolution %.4g µm/px",
+        summary["resolution"]["heatmap_tile_mpp_um"],
+        summary["resolution"]["model_mpp_um"],
     )
 
     with np.load(result.out_dir / SCORES_NAME) as scores:
         x_l0, y_l0, score = scores["x_l0"], scores["y_l0"], scores["score_mean"]
     # the truth of each tile on a 16 x 16 grid of its level-0 footprint
-    step = round(DEMO_TRAIN["model"]["image_size_px"] * TILE_MPP_UM / truth.texture_mpp_um) // 16
+    step = summary["grid"]["tile_size_l0"] // 16
     labels = np.array(
         [
             anomaly_mask(truth, int(x), int(y), 16, downsample=step).mean() >= ANOMALOUS_FRACTION
