@@ -58,7 +58,7 @@ def test_ycbcr_looking_glass_is_refused_naming_the_colour_space(tmp_path: Path) 
     colour conversion returns. Read as it is, tissue detection calls it 100 % tissue."""
     path = _slide(tmp_path / "ycbcr.tif", (242, 128, 128), (120, 150, 170))
     with pytest.raises(
-        SlideError, match=r"its background is \(24\d, 12\d, 12\d\), what white glass in YCbCr"
+        SlideError, match=r"its background is \(24\d, 1[23]\d, 1[23]\d\), what white glass in YCbCr"
     ):
         write_tiles([path], tmp_path / "out", TileConfig(tile_size_px=64))
     result = _tile(path, tmp_path / "cli")
