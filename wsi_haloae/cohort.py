@@ -1,7 +1,7 @@
 """Cohorts: many slides on a dask.distributed cluster, one slide per task.
 
-`heatmap_cohort` and `tile_cohort` run the per-slide jobs (`heatmap.heatmap_slide`,
-`tiles.tile_slide`) as dask tasks, on a LocalCluster started here (one worker per visible GPU,
+`heatmap_cohort` and `tile_cohort` run the per-slide jobs (`heatmaps.heatmap.heatmap_slide`,
+`slides.tiles.tile_slide`) as dask tasks, on a LocalCluster started here (one worker per visible GPU,
 pinned with CUDA_VISIBLE_DEVICES, or CPU workers sharing the cores) or on an existing cluster
 at a `tcp://` address. Dask does the scheduling: when a worker dies its slide goes to another
 worker (up to `ALLOWED_FAILURES` deaths per slide), and the per-slide jobs resume from what the

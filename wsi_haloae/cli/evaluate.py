@@ -1,4 +1,4 @@
-"""`wsi-haloae evaluate`: score a trained model on an MVTec-AD category (calls `evaluate.evaluate_mvtec`)."""
+"""`wsi-haloae evaluate`: score a trained model on an MVTec-AD category (calls `validation.evaluate.evaluate_mvtec`)."""
 
 from __future__ import annotations
 

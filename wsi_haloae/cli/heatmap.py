@@ -1,4 +1,4 @@
-"""`wsi-haloae heatmap`: anomaly heatmaps of slides (`wsi_haloae.heatmap.heatmap_slides` for one
+"""`wsi-haloae heatmap`: anomaly heatmaps of slides (`wsi_haloae.heatmaps.heatmap.heatmap_slides` for one
 slide, `wsi_haloae.cohort.heatmap_cohort` for a cohort)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`wsi-haloae make-slide` and `wsi-haloae info`: write a synthetic slide, describe any slide
-(call `wsi_haloae.synthetic` and `wsi_haloae.slide`)."""
+(call `wsi_haloae.slides.synthetic` and `wsi_haloae.slides.slide`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`wsi-haloae tile`: cut slides into tissue tiles plus a manifest (`wsi_haloae.tiles.write_tiles`,
+"""`wsi-haloae tile`: cut slides into tissue tiles plus a manifest (`wsi_haloae.slides.tiles.write_tiles`,
 or `wsi_haloae.cohort.tile_cohort` with --scheduler)."""
 
 from __future__ import annotations

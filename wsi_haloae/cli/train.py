@@ -1,4 +1,4 @@
-"""`wsi-haloae train`: train HaloAE on tiles into a run folder (calls `wsi_haloae.train.train`)."""
+"""`wsi-haloae train`: train HaloAE on tiles into a run folder (calls `wsi_haloae.training.train.train`)."""
 
 from __future__ import annotations
 

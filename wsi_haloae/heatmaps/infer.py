@@ -2,7 +2,7 @@
 
 Three stages overlap:
 
-    reader processes (`tiles.iter_tiles`, shared-memory batches)
+    reader processes (`slides.tiles.iter_tiles`, shared-memory batches)
       -> main thread: copy into a pinned host buffer, upload with a non-blocking copy, run the
          model under `torch.inference_mode` (bf16 autocast and channels_last on CUDA, optionally
          `torch.compile`), reduce the anomaly maps on the device, start copying the small results

@@ -33,7 +33,7 @@ from .cutpaste import make_triplet
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MANIFEST_NAME = "manifest.csv"  # as `tiles.write_tiles` names it (a test checks they agree)
+MANIFEST_NAME = "manifest.csv"  # as `slides.tiles.write_tiles` names it (a test checks they agree)
 
 # Tags that keep the tile-order stream and the per-sample stream of one seed independent.
 _ORDER_STREAM = 0

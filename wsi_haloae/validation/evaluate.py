@@ -129,7 +129,7 @@ def evaluate_mvtec(
     """Score the test images of `root/category` (MVTec-AD layout) and write the results to `out/<protocol>/`.
 
     Args:
-        trained: the model (`checkpoint.load_trained`); images are resized to its
+        trained: the model (`training.checkpoint.load_trained`); images are resized to its
             `config.model.image_size_px` exactly as in training.
         root, category: the data set root and category folder (see `mvtec.mvtec_index`).
         out: parent folder of the protocol's output folder.
