@@ -235,7 +235,13 @@ def benchmark_heatmap(
         else:
             path = Path(slide_path)
         cfg = HeatmapConfig(
-            level=0, batch_size=batch_size, workers=workers, device=device, compile=compile, bf16=bf16
+            level=0,
+            allow_mpp_mismatch=True,  # a speed benchmark: level 0, whatever the model was trained at
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            compile=compile,
+            bf16=bf16,
         )
         readers = reader_processes(cfg, torch_device)
 
