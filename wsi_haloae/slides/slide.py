@@ -209,42 +209,56 @@ class Slide:
         )
 
     def _read_pixel_format(self, file: Path) -> None:
-        """Channels and photometric interpretation as the file states them (None where unknown),
-        and whether its JPEG frames must be converted from YCbCr (`ycbcr_frames`)."""
+        """Whether the file's JPEG frames must be converted from YCbCr (`ycbcr_frames`), and
+        where `pixel_format` later reads the channels and photometric interpretation."""
         props = self._properties
-        self.photometric: str | None = None
-        self.channels: int | None = None
+        self._file = file
+        self._pixel_format: tuple[str | None, int | None] | None = None
         self.ycbcr_frames = False
-        if "dicom.PhotometricInterpretation" in props:
-            self.photometric = str(props["dicom.PhotometricInterpretation"])
-            self.channels = _int_or_none(props.get("dicom.SamplesPerPixel"))
-            if (
-                self.backend == "openslide"
-                and self.photometric == "RGB"
-                and props.get("dicom.TransferSyntaxUID") == JPEG_BASELINE_UID
-                and _first_dicom_frame_is_ycbcr(file)
-            ):
-                # OpenSlide trusts the label and decodes the frames as RGB, which gives YCbCr values
-                # (glass ~ (242, 128, 128)); the file is at fault, its JPEG frames say YCbCr.
-                self.ycbcr_frames = True
-                log.warning(
-                    "%s: the file labels its JPEG frames RGB but they are YCbCr (JFIF); "
-                    "converting them to RGB as they are read",
-                    self.path,
-                )
-            return
-        if _magic(file)[:4] in _TIFF_MAGICS:
-            try:
-                import tifffile
+        if (
+            self.backend == "openslide"
+            and props.get("dicom.PhotometricInterpretation") == "RGB"
+            and props.get("dicom.TransferSyntaxUID") == JPEG_BASELINE_UID
+            and _first_dicom_frame_is_ycbcr(file)
+        ):
+            # OpenSlide trusts the label and decodes the frames as RGB, which gives YCbCr values
+            # (glass ~ (242, 128, 128)); the file is at fault, its JPEG frames say YCbCr.
+            self.ycbcr_frames = True
+            log.warning(
+                "%s: the file labels its JPEG frames RGB but they are YCbCr (JFIF); "
+                "converting them to RGB as they are read",
+                self.path,
+            )
 
-                with tifffile.TiffFile(file) as tif:
-                    page = tif.pages.first
-                    self.photometric = page.photometric.name
-                    self.channels = int(page.samplesperpixel)
-                    if self.channels == 1 and len(tif.series) and tif.series[0].ndim >= 3:
-                        self.channels = int(min(tif.series[0].shape))  # planes of one image (e.g. qptiff)
-            except Exception as exc:  # informative only: the backend already read the file
-                log.debug("%s: cannot read its TIFF tags with tifffile (%s)", self.path, exc)
+    @property
+    def photometric(self) -> str | None:
+        """The photometric interpretation the file states (DICOM or TIFF tag), None if unknown."""
+        return self._read_format()[0]
+
+    @property
+    def channels(self) -> int | None:
+        """Samples per pixel (planes of one image for a multi-page TIFF such as a qptiff), None if unknown."""
+        return self._read_format()[1]
+
+    def _read_format(self) -> tuple[str | None, int | None]:
+        if self._pixel_format is None:
+            props, photometric, channels = self._properties, None, None
+            if "dicom.PhotometricInterpretation" in props:
+                photometric = str(props["dicom.PhotometricInterpretation"])
+                channels = _int_or_none(props.get("dicom.SamplesPerPixel"))
+            elif _magic(self._file)[:4] in _TIFF_MAGICS:
+                try:
+                    import tifffile
+
+                    with tifffile.TiffFile(self._file) as tif:
+                        page = tif.pages.first
+                        photometric, channels = page.photometric.name, int(page.samplesperpixel)
+                        if channels == 1 and len(tif.series) and tif.series[0].ndim >= 3:
+                            channels = int(min(tif.series[0].shape))  # planes of one image (qptiff)
+                except Exception as exc:  # informative only: the backend already read the file
+                    log.debug("%s: cannot read its TIFF tags with tifffile (%s)", self.path, exc)
+            self._pixel_format = (photometric, channels)
+        return self._pixel_format
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed `downsample` (level 0 below 1).
@@ -535,13 +549,19 @@ def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
 def _first_dicom_frame_is_ycbcr(file: Path, max_bytes: int = 16 << 20) -> bool:
     """Whether the first JPEG frame of a DICOM file codes YCbCr: it has a JFIF APP0 segment or
     component ids 1, 2, 3 (ITU T.81 / JFIF), and no Adobe APP14 segment saying RGB (transform 0)."""
+    data, start = b"", -1
     try:
         with file.open("rb") as handle:
-            data = handle.read(max_bytes)
+            while start < 0 and len(data) < max_bytes:  # header and offset table, then the frame
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+                pixel_data = data.find(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+                start = data.find(b"\xff\xd8\xff", pixel_data) if pixel_data >= 0 else -1
+            data += handle.read(1 << 16)  # the frame's header segments
     except OSError:
         return False
-    pixel_data = data.find(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
-    start = data.find(b"\xff\xd8\xff", pixel_data) if pixel_data >= 0 else -1
     if start < 0:
         return False
     jfif, adobe_transform, component_ids = False, None, None
