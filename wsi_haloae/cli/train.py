@@ -56,6 +56,12 @@ def train_command(
     from ..training.resolution import has_manifests
     from ..training.train import train
 
+    if config_path is None and resume and (out / "config.yaml").is_file():
+        config_path = out / "config.yaml"
+    cfg = load_config(config_path, TrainConfig) if config_path is not None else TrainConfig()
+    cfg = replace(cfg, epochs=epochs, device=device, workers=workers)
+    if backbone_weights is not None:
+        cfg = dataclasses.replace(cfg, model=replace(cfg.model, backbone_weights=backbone_weights))
     if tile_mpp is None and Path(tiles).is_dir() and not has_manifests(tiles):
         if not (Path(tiles) / "train" / "good").is_dir():
             raise DataError(
@@ -63,12 +69,6 @@ def train_command(
                 "with the µm/px they were cut at (e.g. --tile-mpp 0.5), or --tile-mpp unknown"
             )
 
-    if config_path is None and resume and (out / "config.yaml").is_file():
-        config_path = out / "config.yaml"
-    cfg = load_config(config_path, TrainConfig) if config_path is not None else TrainConfig()
-    cfg = replace(cfg, epochs=epochs, device=device, workers=workers)
-    if backbone_weights is not None:
-        cfg = dataclasses.replace(cfg, model=replace(cfg.model, backbone_weights=backbone_weights))
     run = train(cfg, tiles, out, resume=resume, progress=progress, tile_mpp_um=tile_mpp)
     click.echo(f"trained model: {run / 'model.safetensors'}")
 
