@@ -140,7 +140,9 @@ def heatmap_command(
         bf16=False if no_bf16 else None,
     )
     if len(slides) == 1 and scheduler is None:  # a cohort records a bad slide and goes on instead
-        check_slides_open(slides, cfg.backend)  # before the heavy imports: a bad file fails in a second
+        check_slides_open(
+            slides, cfg.backend, assume_mpp_um=cfg.assume_mpp_um, slide_mpp_um=cfg.slide_mpp_um
+        )  # before the heavy imports: a bad file fails in a second
 
     from ..cohort import expand_slides, heatmap_cohort
     from ..heatmaps.heatmap import heatmap_slides

@@ -87,7 +87,9 @@ def tile_command(
     from .fail_fast import check_slides_open
 
     if len(slides) == 1 and scheduler is None:  # a cohort records a bad slide and goes on instead
-        check_slides_open(slides, backend)  # before the heavy imports: a bad file fails in a second
+        check_slides_open(
+            slides, backend, assume_mpp_um=assume_mpp_um, slide_mpp_um=slide_mpp_um, need_mpp=level is None
+        )  # before the heavy imports: a bad file fails in a second
 
     from ..cohort import expand_slides, tile_cohort
     from ..slides.tiles import TileConfig, write_tiles
