@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from shapely.geometry import box
 
+from wsi_haloae.annotations import read_feature_collection
 from wsi_haloae.cli import main
 from wsi_haloae.config import HeatmapConfig, TrainConfig, load_config
 from wsi_haloae.errors import OutputError
@@ -35,6 +36,7 @@ from wsi_haloae.heatmaps.heatmap import (
     STORE_NAME,
     SUMMARY_NAME,
     TILES_NAME,
+    TOP_TILES_NAME,
     heatmap_slide,
     output_lock,
 )
@@ -100,8 +102,17 @@ def _level0(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_outputs_exist_and_describe_the_run(
     done: Path, small_slide: SyntheticSlide, trained: TrainedModel
 ) -> None:
-    for name in (STORE_NAME, TILES_NAME, REGIONS_NAME, OVERLAY_NAME, SCORES_NAME, SUMMARY_NAME):
+    for name in (
+        STORE_NAME,
+        TILES_NAME,
+        REGIONS_NAME,
+        OVERLAY_NAME,
+        TOP_TILES_NAME,
+        SCORES_NAME,
+        SUMMARY_NAME,
+    ):
         assert (done / name).exists(), name
+    assert TILES_NAME.endswith(".gz") and (done / TILES_NAME).read_bytes()[:2] == b"\x1f\x8b"
     assert not (done / ".resume").exists()
     summary = json.loads((done / SUMMARY_NAME).read_text())
     assert (summary["grid"]["columns"], summary["grid"]["rows"], summary["grid"]["tile_size_l0"]) == (
@@ -158,7 +169,10 @@ def test_store_reads_back_with_ome_zarr(done: Path) -> None:
     nodes = list(Reader(parse_url(str(done / STORE_NAME)))())
     image = nodes[0]
     assert [tuple(level.shape) for level in image.data] == [(192, 256)]
-    assert image.metadata["coordinateTransformations"] == [[{"type": "scale", "scale": [4.0, 4.0]}]]
+    # heatmap px = 8 slide px of 0.5 µm: centres move by (4.0 - 0.5) / 2 onto the slide pixels' centres
+    assert image.metadata["coordinateTransformations"] == [
+        [{"type": "scale", "scale": [4.0, 4.0]}, {"type": "translation", "translation": [1.75, 1.75]}]
+    ]
     assert [axis["unit"] for axis in image.metadata["axes"]] == ["micrometer", "micrometer"]
     heat, mask = _level0(done)
     np.testing.assert_array_equal(np.asarray(image.data[0]), heat)
@@ -199,13 +213,16 @@ def test_a_wide_slide_gets_a_pyramid(
 
 def test_geojson_reads_back_with_qupath_fields(done: Path) -> None:
     summary = json.loads((done / SUMMARY_NAME).read_text())
-    tiles = gpd.read_file(done / TILES_NAME)
+    tiles = gpd.read_file(f"/vsigzip/{done / TILES_NAME}")  # GDAL reads gzip through /vsigzip/
     assert len(tiles) == summary["tiles"]["tissue"]
     assert set(tiles["objectType"]) == {"detection"}
     names = [c["name"] for c in tiles["classification"]]
     assert names.count("Anomaly") == summary["tiles"]["anomalous"]
-    first = json.loads((done / TILES_NAME).read_text())["features"][0]
+    first = read_feature_collection(done / TILES_NAME)["features"][0]
     assert set(first["properties"]["measurements"]) == {"anomaly_score", "max_score", "tissue_fraction"}
+    with np.load(done / SCORES_NAME) as stored:  # float32 precision, the shortest decimal that keeps it
+        score = first["properties"]["measurements"]["anomaly_score"]
+        assert np.float32(score) == stored["score_mean"][0] and len(repr(score)) <= 12
     x0, y0, x1, y1 = tiles.geometry.iloc[0].bounds
     assert (x1 - x0, y1 - y0) == (128, 128) and x0 % 128 == 0  # level-0 px
     regions = gpd.read_file(done / REGIONS_NAME)
@@ -445,3 +462,37 @@ def _bands_done(store: Path) -> int:
         return len(attrs["wsi_haloae"]["bands_done"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def test_also_export_qupath_writes_the_ome_tiff_of_a_finished_run(
+    done_coarse: Path, small_slide: SyntheticSlide, run_dir: Path, tmp_path: Path
+) -> None:
+    import tifffile
+    from ome_types import from_xml
+
+    config = tmp_path / "heatmap.yaml"
+    config.write_text("mpp_um: 2.0\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\n")
+    command = ["heatmap", str(small_slide.path), "--model", str(run_dir), "--out", str(done_coarse.parent)]
+    result = CliRunner().invoke(
+        main, [*command, "--config", str(config), "--no-progress", "--also-export", "qupath"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "(0 scored now" in result.output and "heatmap.ome.tif" in result.output  # no rescoring
+    summary = json.loads((done_coarse / SUMMARY_NAME).read_text())
+    heat, mask = _level0(done_coarse)
+    with tifffile.TiffFile(done_coarse / "heatmap.ome.tif") as tif:
+        np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), heat)
+        pixels = from_xml(tif.ome_metadata).images[0].pixels
+    assert [pixels.physical_size_y, pixels.physical_size_x] == summary["heatmap"]["mpp_um_yx"]
+    assert (done_coarse / "heatmap_overlay.png").is_file() and (done_coarse / TOP_TILES_NAME).is_file()
+
+
+def test_plain_tiles_geojson_on_request_without_rescoring(
+    done_coarse: Path, small_slide: SyntheticSlide, trained: TrainedModel, tmp_path: Path
+) -> None:
+    shutil.copytree(done_coarse, tmp_path / done_coarse.name)
+    result = heatmap_slide(small_slide.path, trained, tmp_path, dataclasses.replace(COARSE, tiles_gzip=False))
+    assert result.computed_tiles == 0
+    plain = tmp_path / done_coarse.name / "tiles.geojson"
+    assert not (tmp_path / done_coarse.name / TILES_NAME).exists()
+    assert json.loads(plain.read_text()) == read_feature_collection(done_coarse / TILES_NAME)

@@ -222,3 +222,28 @@ def test_store_killed_before_its_arrays_were_made_still_resumes(tmp_path: Path) 
     got, got_mask = read_level(path, 0)
     np.testing.assert_array_equal(got, np.where(mask, scores, np.nan))
     np.testing.assert_array_equal(got_mask, mask)
+
+
+def test_translation_centres_heatmap_pixels_on_the_slide_pixels_they_cover(tmp_path: Path) -> None:
+    """Slide pixel size 0.5 x 0.625 um (so the heatmap's 2.0 x 2.5 um is 4 slide px per heatmap px):
+    heatmap pixel (i, j) of level k covers slide pixels [4 * 2**k * i, 4 * 2**k * (i + 1)); a viewer
+    that centres pixels puts it at i * scale + translation, which must be the mean of those slide
+    pixels' centres (slide pixel n at n * 0.5 um)."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+    from ome_zarr_models.v05.image import Image
+
+    scores, mask = _heatmap()
+    path = tmp_path / "slide.ome.zarr"
+    _write(path, scores, mask, list(range(9))).finalize(slide_mpp_um_yx=(0.5, 0.625))
+    Image.from_zarr(zarr.open_group(path, mode="r"))  # still valid NGFF 0.5
+    nodes = list(Reader(parse_url(str(path)))())
+    image = next(n for n in nodes if n.load(Multiscales) and not n.load(Label))
+    for level, transforms in enumerate(image.metadata["coordinateTransformations"]):
+        scale, translation = transforms[0]["scale"], transforms[1]["translation"]
+        assert transforms[1]["type"] == "translation"
+        span = 4 * 2**level  # slide pixels per heatmap pixel along each axis
+        for axis, slide_mpp in enumerate((0.5, 0.625)):
+            i = 7  # any heatmap pixel
+            covered_centres = (np.arange(span * i, span * (i + 1))) * slide_mpp
+            assert i * scale[axis] + translation[axis] == pytest.approx(covered_centres.mean())

@@ -16,11 +16,17 @@ is QuPath's own frame for objects. The feature fields follow QuPath's GeoJSON re
   left out, which QuPath shows as missing.
 
 IDs are UUID-5s derived from an `id_namespace` (say, the slide name and the model run) and the
-object's position, so rerunning on the same inputs writes an identical file.
+object's position, so rerunning on the same inputs writes an identical file. Two different slides
+or models never share an ID; the same file imported twice into one image gives objects with equal
+IDs (QuPath does not ask; it adds the copies, so delete the old objects before re-importing).
+
+A path ending in `.gz` is written gzip-compressed (QuPath 0.4+ imports `.geojson.gz` as it is),
+with a zero timestamp in the gzip header so reruns stay byte-identical.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import uuid
@@ -48,9 +54,27 @@ def write_feature_collection(path: str | Path, features: Sequence[Mapping[str, A
     text = json.dumps(
         {"type": "FeatureCollection", "features": list(features)}, allow_nan=False, separators=(",", ":")
     )
-    write_atomically(path, text.encode("utf-8"))
+    data = text.encode("utf-8")
+    if path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    write_atomically(path, data)
     log.info("wrote %d features to %s", len(features), path)
     return path
+
+
+def read_feature_collection(path: str | Path) -> dict[str, Any]:
+    """The GeoJSON object in `path` (gzip-compressed when the name ends in `.gz`)."""
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    return json.loads(data)
+
+
+def float32_value(value: float) -> float:
+    """`value` at float32 precision, as the shortest decimal that reads back as that float32
+    (0.1 rather than 0.10000000149011612), so measurements cost a few bytes each in JSON."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
 def classification(name_rgb: tuple[str, tuple[int, int, int]]) -> dict[str, Any]:

@@ -110,6 +110,7 @@ class HeatmapConfig:
     min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
     simplify_px: float = 1.0  # outline simplification tolerance, heatmap px
     chunk_px: int = 512  # OME-Zarr chunk side; also the band height of streaming writes
+    tiles_gzip: bool = True  # tiles.geojson.gz (QuPath reads it as is); False writes plain tiles.geojson
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:

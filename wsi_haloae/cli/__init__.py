@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import WsiHaloaeError
-from . import bench, demo, evaluate, heatmap, slides, tile, train
+from . import bench, demo, evaluate, heatmap, slides, tile, train, view
 
 
 class _Group(click.Group):
@@ -49,6 +49,6 @@ def main(verbose: int, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-for _module in (slides, tile, train, heatmap, evaluate, bench, demo):
+for _module in (slides, tile, train, heatmap, evaluate, bench, demo, view):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -27,7 +27,7 @@ def demo_command(out: Path, size_px: int, seed: int, progress: bool) -> None:
     click.echo(f"heatmap:      {result.heatmap_dir / 'heatmap.ome.zarr'}")
     click.echo(f"overlay:      {result.heatmap_dir / 'overlay.png'}")
     click.echo(
-        f"QuPath:       {result.heatmap_dir / 'regions.geojson'}, {result.heatmap_dir / 'tiles.geojson'}"
+        f"QuPath:       {result.heatmap_dir / 'regions.geojson'}, {result.heatmap_dir / 'tiles.geojson.gz'}"
     )
     click.echo(f"ground truth: {result.ground_truth[1]}")
     click.echo(

@@ -78,6 +78,16 @@ from .cohort_options import cohort_options
     type=click.Choice(["median", "mean"]),
     help="Score |map - training map| against the median training map (default) or the mean (the paper's).",
 )
+@click.option(
+    "--also-export",
+    "also_export",
+    multiple=True,
+    type=click.Choice(["qupath"]),
+    help="Also write heatmap.ome.tif (pyramidal OME-TIFF, µm scale) and heatmap_overlay.png for QuPath/Fiji.",
+)
+@click.option(
+    "--plain-geojson", is_flag=True, help="Write tiles.geojson uncompressed (default: tiles.geojson.gz)."
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def heatmap_command(
     slides: tuple[str, ...],
@@ -104,6 +114,8 @@ def heatmap_command(
     scheduler: str | None,
     dask_workers: int | None,
     dashboard: str,
+    also_export: tuple[str, ...],
+    plain_geojson: bool,
     progress: bool,
 ) -> None:
     """Score SLIDES with a trained model: heatmap pyramid, QuPath GeoJSON, overlay, summary.
@@ -138,6 +150,7 @@ def heatmap_command(
         threshold=threshold,
         normalisation=normalisation,
         bf16=False if no_bf16 else None,
+        tiles_gzip=False if plain_geojson else None,
     )
     if len(slides) == 1 and scheduler is None:  # a cohort records a bad slide and goes on instead
         check_slides_open(
@@ -163,6 +176,7 @@ def heatmap_command(
         click.echo(
             f"{len(rows)} slides: {done} scored now, {len(rows) - done} already done -> {out / 'cohort.csv'}"
         )
+        _export(also_export, paths, out)
         return
     for result in heatmap_slides(paths, run, out, cfg, progress=progress):
         click.echo(
@@ -170,6 +184,20 @@ def heatmap_command(
             f"{result.threshold:.4g}, {result.regions} regions -> {result.out_dir} "
             f"({result.computed_tiles} scored now, {result.seconds:.1f} s)"
         )
+    _export(also_export, paths, out)
+
+
+def _export(kinds: tuple[str, ...], paths: list[Path], out: Path) -> None:
+    """The `--also-export` files of every finished slide folder."""
+    if "qupath" not in kinds:
+        return
+    from ..heatmaps.export import export_qupath
+
+    for path in paths:
+        folder = out / Path(path).stem
+        if (folder / "summary.json").is_file():
+            written = export_qupath(folder)
+            click.echo(f"{Path(path).name}: for QuPath/Fiji -> {', '.join(str(p) for p in written)}")
 
 
 COMMANDS: list[click.Command] = [heatmap_command]

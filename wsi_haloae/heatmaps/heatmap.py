@@ -4,9 +4,11 @@ overlay and a summary out, resumable after a kill.
 `heatmap_slide(slide, trained, out_dir, cfg)` writes `out_dir/<slide stem>/`:
 
     heatmap.ome.zarr   anomaly scores (float32) + computed-on-tissue mask, multiscale, in µm
-    tiles.geojson      every scored tile as a QuPath detection (anomaly_score, max_score, tissue_fraction)
+    tiles.geojson.gz   every scored tile as a QuPath detection (anomaly_score, max_score, tissue_fraction);
+                       plain tiles.geojson with `tiles_gzip: false`
     regions.geojson    regions above the threshold as QuPath annotations (area_um2, mean/max score)
-    overlay.png        thumbnail + heatmap + colour bar + region outlines
+    overlay.png        thumbnail + heatmap above the threshold + colour bar + outlines + scale bar
+    top_tiles.png      the highest-scoring tiles at full resolution, with score and level-0 (x, y)
     tile_scores.npz    per tile: x_l0, y_l0, tissue_fraction, score_mean, score_max (for re-thresholding)
     summary.json       what was done, with which model and threshold, counts, statistics, timings
 
@@ -55,6 +57,8 @@ from ..slides.inputs import check_input
 from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
+from .colours import score_colours
+from .gallery import save_top_tiles
 from .infer import InferenceEngine, TileMaps, default_workers
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
@@ -65,7 +69,10 @@ from .stitch import Band, BandStitcher, HeatmapGeometry
 log = logging.getLogger(__name__)
 
 STORE_NAME = "heatmap.ome.zarr"
-TILES_NAME = "tiles.geojson"
+TILES_NAME = "tiles.geojson.gz"
+TILES_PLAIN_NAME = "tiles.geojson"  # with `tiles_gzip: false`
+TOP_TILES_NAME = "top_tiles.png"
+TOP_TILES_COUNT = 16
 REGIONS_NAME = "regions.geojson"
 OVERLAY_NAME = "overlay.png"
 SCORES_NAME = "tile_scores.npz"
@@ -164,6 +171,7 @@ def heatmap_slide(
             "threshold": threshold,
             "min_region_um2": cfg.min_region_um2,
             "simplify_px": cfg.simplify_px,
+            "tiles_gzip": cfg.tiles_gzip,
         }
         finished = _finished_summary(folder, fingerprint, outputs_key)
         if finished is not None:
@@ -192,14 +200,14 @@ def heatmap_slide(
             )
             timings["inference_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            store.finalize(progress=progress)
+            store.finalize(progress=progress, slide_mpp_um_yx=plan.mpp_um_xy[::-1])
             timings["pyramid_s"] = time.perf_counter() - clock
         scores = _tile_scores(folder, plan, store)
 
         clock = time.perf_counter()
         namespace = f"{slide_path.name}:{fingerprint['model_sha256'][:16]}"
         summary = _write_outputs(
-            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings
+            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings, threshold_source
         )
         summary.update(
             {
@@ -563,9 +571,11 @@ def _write_outputs(
     cfg: HeatmapConfig,
     namespace: str,
     timings: dict[str, float],
+    threshold_source: str = "",
 ) -> dict[str, Any]:
     """Regions, tiles and overlay files; returns the summary's descriptive part. `namespace`
-    (slide and model) seeds the features' UUIDs, so reruns write identical GeoJSON."""
+    (slide and model) seeds the features' UUIDs, so reruns write identical GeoJSON. A bool
+    `artefact` array in `scores` (per tile, from QC) paints those tiles grey in the overlay."""
     geometry, shapes = plan.geometry, store.level_shapes
 
     clock = time.perf_counter()
@@ -595,7 +605,9 @@ def _write_outputs(
         threshold=threshold,
         id_namespace=namespace,
     )
-    write_feature_collection(folder / TILES_NAME, features)
+    tiles_name = TILES_NAME if cfg.tiles_gzip else TILES_PLAIN_NAME
+    (folder / (TILES_PLAIN_NAME if cfg.tiles_gzip else TILES_NAME)).unlink(missing_ok=True)
+    write_feature_collection(folder / tiles_name, features)
     timings["tiles_geojson_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -605,8 +617,10 @@ def _write_outputs(
     overlay_level = max(0, min(len(shapes) - 1, math.floor(math.log2(l0_per_thumb_px / geometry.px_to_l0))))
     if overlay_level != region_level:
         heat, computed = read_level(store.path, overlay_level)
-    finite = heat[computed & np.isfinite(heat)]
-    vmax = max(float(np.percentile(finite, 99.5)) if finite.size else 0.0, threshold) * 1.05 or 1.0
+    anomalous = int((scores["score_mean"] > threshold).sum())
+    artefact = np.asarray(scores["artefact"], bool) if "artefact" in scores else None
+    coords_l0 = np.stack([scores["x_l0"], scores["y_l0"]], axis=1)
+    mpp_x = plan.mpp_um_xy[0]
     save_overlay(
         folder / OVERLAY_NAME,
         thumbnail,
@@ -614,15 +628,35 @@ def _write_outputs(
         computed,
         heatmap_to_l0=geometry.px_to_l0 * 2**overlay_level,
         l0_to_thumb=1.0 / l0_per_thumb_px,
-        threshold=threshold,
-        vmin=0.0,
-        vmax=vmax,
+        colours=score_colours(threshold, heat[computed]),
+        vmin=_bar_bottom(heat[computed], threshold),
         regions=[r.geometry for r in regions],
         title=f"{Path(slide.path).name}: anomaly score ({trained.run_dir.name})",
+        mpp_um=mpp_x,
+        footer=[
+            f"slide {Path(slide.path).name} · {mpp_x:.4g} µm/px · tiles {plan.grid.tile_size_px} px "
+            f"({plan.grid.tile_size_l0} level-0 px) · model {trained.run_dir.name}",
+            f"threshold {threshold:.4g}" + (f" ({threshold_source})" if threshold_source else ""),
+            f"{len(plan.selection)} tissue tiles, {anomalous} above the threshold, {len(regions)} regions"
+            + (f", {int(artefact.sum())} artefact tiles" if artefact is not None else ""),
+        ],
+        artefact_tiles_l0=None if artefact is None else coords_l0[artefact],
+        artefact_tile_l0=plan.grid.tile_size_l0,
     )
     timings["overlay_s"] = time.perf_counter() - clock
 
-    anomalous = int((scores["score_mean"] > threshold).sum())
+    clock = time.perf_counter()
+    save_top_tiles(
+        folder / TOP_TILES_NAME,
+        slide,
+        coords_l0,
+        scores["score_mean"],
+        int(round(plan.grid.tile_size_l0)),
+        count=TOP_TILES_COUNT,
+        threshold=threshold,
+    )
+    timings["top_tiles_s"] = time.perf_counter() - clock
+
     return {
         "slide": {
             "path": str(Path(slide.path).resolve()),
@@ -656,8 +690,22 @@ def _write_outputs(
             "level": region_level,
             "min_area_um2": cfg.min_region_um2,
         },
-        "files": [STORE_NAME, TILES_NAME, REGIONS_NAME, OVERLAY_NAME, SCORES_NAME, SUMMARY_NAME],
+        "files": [
+            STORE_NAME,
+            tiles_name,
+            REGIONS_NAME,
+            OVERLAY_NAME,
+            TOP_TILES_NAME,
+            SCORES_NAME,
+            SUMMARY_NAME,
+        ],
     }
+
+
+def _bar_bottom(scores: np.ndarray, threshold: float) -> float:
+    """The colour bar's lowest label: 0, or the lowest score if negative, below the threshold."""
+    lowest = min(0.0, float(np.nanmin(scores))) if scores.size else 0.0
+    return lowest if lowest < threshold else threshold - max(1.0, abs(threshold))
 
 
 def _statistics(values: np.ndarray) -> dict[str, float]:

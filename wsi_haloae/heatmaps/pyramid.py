@@ -16,7 +16,11 @@ Layout (paths inside the store)::
 
 Coordinates: axes `y`, `x` in micrometres; level k has the scale `mpp_um_yx * 2**k`, so pixel
 (i, j) of level k covers [i * s_y, (i + 1) * s_y) x [j * s_x, (j + 1) * s_x) micrometres from the
-heatmap origin, which is the slide's level-0 origin.
+heatmap origin, which is the slide's level-0 origin. Viewers that put a pixel's *centre* at
+i * s (napari, ome-zarr readers) also read each level's `translation`, written when `finalize` is
+given the slide's level-0 pixel size m: (s - m) / 2 per axis, which moves heatmap pixel centres
+onto the centres of the slide pixels they cover when the slide is shown at scale m (its level L
+at scale m * d_L with translation (d_L - 1) * m / 2, d_L being the level's downsample).
 
 Unwritten and uncomputed pixels: the score is NaN (the arrays' fill value) and the mask is 0, so
 "no tissue" never reads as "score 0", and all-background chunks are not stored at all.
@@ -242,13 +246,14 @@ class HeatmapStore:
             self._bands_done.add(band)
             self._save_meta(bands_done=sorted(self._bands_done))
 
-    def finalize(self, progress: bool = False) -> None:
+    def finalize(self, progress: bool = False, *, slide_mpp_um_yx: tuple[float, float] | None = None) -> None:
         """Build levels 1.. by masked 2x2 means of the level above, then write the OME metadata.
 
         Each level is built chunk by chunk from a (2 chunk_px)^2 window of the level above, so
         memory is a few tens of MB for 512-px chunks whatever the slide size. Each level averages
         the computed pixels of the previous level's 2x2 block (a mean of means, not weighted by
-        level-0 counts). Running it again rebuilds the same bytes.
+        level-0 counts). Running it again rebuilds the same bytes. `slide_mpp_um_yx` (the slide's
+        level-0 pixel size) adds each level's centre-aligning `translation` (module docstring).
         """
         missing = self.band_count - len(self._bands_done)
         if missing:
@@ -262,9 +267,7 @@ class HeatmapStore:
         datasets = [
             {
                 "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [m * 2.0**level for m in self.mpp_um_yx]}
-                ],
+                "coordinateTransformations": level_transforms(self.mpp_um_yx, level, slide_mpp_um_yx),
             }
             for level in range(len(shapes))
         ]
@@ -315,6 +318,20 @@ class HeatmapStore:
         if ome is not None:
             attrs = {"ome": ome, **attrs}
         self._group.attrs.update(attrs)
+
+
+def level_transforms(
+    mpp_um_yx: tuple[float, float], level: int, slide_mpp_um_yx: tuple[float, float] | None = None
+) -> list[dict[str, Any]]:
+    """NGFF coordinate transformations of pyramid `level` of a heatmap whose level 0 has pixel size
+    `mpp_um_yx`: its scale, then (given the slide's level-0 pixel size) the centre-aligning
+    translation (scale - slide mpp) / 2."""
+    scale = [float(m) * 2.0**level for m in mpp_um_yx]
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+    if slide_mpp_um_yx is not None:
+        translation = [(s - float(m)) / 2 for s, m in zip(scale, slide_mpp_um_yx)]
+        transforms.append({"type": "translation", "translation": translation})
+    return transforms
 
 
 def read_level(path: str | Path, level: int = 0) -> tuple[np.ndarray, np.ndarray]:

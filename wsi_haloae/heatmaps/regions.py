@@ -20,6 +20,7 @@ from ..annotations import (
     NORMAL_CLASS,
     classification,
     feature,
+    float32_value,
     id_namespace_uuid,
 )
 
@@ -126,7 +127,8 @@ def tile_features(
     `measurements[score_key] > threshold` and "Normal" elsewhere.
 
     `coords_l0` (N, 2) holds each tile's top-left corner (x, y) in level-0 pixels and
-    `tile_size_l0` its side in level-0 pixels; every array in `measurements` is (N,).
+    `tile_size_l0` its side in level-0 pixels; every array in `measurements` is (N,). Measurements
+    are written at float32 precision (the scores are float32 to begin with).
     """
     coords = np.asarray(coords_l0)
     if coords.ndim != 2 or coords.shape[1] != 2:
@@ -149,7 +151,11 @@ def tile_features(
                     "classification": classification(
                         ANOMALY_CLASS if columns[score_key][i] > threshold else NORMAL_CLASS
                     ),
-                    "measurements": {name: values[i] for name, values in columns.items()},
+                    "measurements": {
+                        name: float32_value(values[i])
+                        for name, values in columns.items()
+                        if np.isfinite(values[i])
+                    },
                 },
             )
         )
