@@ -471,7 +471,9 @@ def test_also_export_qupath_writes_the_ome_tiff_of_a_finished_run(
     from ome_types import from_xml
 
     config = tmp_path / "heatmap.yaml"
-    config.write_text("mpp_um: 2.0\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\n")
+    config.write_text(
+        "mpp_um: 2.0\nallow_mpp_mismatch: true\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\n"
+    )
     command = ["heatmap", str(small_slide.path), "--model", str(run_dir), "--out", str(done_coarse.parent)]
     result = CliRunner().invoke(
         main, [*command, "--config", str(config), "--no-progress", "--also-export", "qupath"]

@@ -82,10 +82,7 @@ def check_grid_resolution(
         )
     if math.isclose(grid.mpp_um, model_mpp, rel_tol=MPP_RTOL):
         return record
-    both = (
-        f"tiles at {grid.mpp_um:.4g} µm/px ({source}) but the model was trained at {model_mpp:.4g} µm/px "
-        f"({resolution})"
-    )
+    both = f"tiles at {grid.mpp_um:.4g} µm/px ({source}) but the model was trained at {resolution}"
     if not cfg.allow_mpp_mismatch:
         raise ConfigError(
             f"{both}; drop --mpp/--level to score at the model's resolution, or pass --allow-mpp-mismatch"
