@@ -110,6 +110,13 @@ class HeatmapConfig:
     min_region_um2: float = 2000.0  # smaller regions above threshold are dropped
     simplify_px: float = 1.0  # outline simplification tolerance, heatmap px
     chunk_px: int = 512  # OME-Zarr chunk side; also the band height of streaming writes
+    # regions (`slides.regions`; as `tile --include`): score only tiles at least `min_inside` in
+    # the included minus the excluded area; `tissue_mask` replaces the built-in tissue mask
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_inside: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    tissue_mask: str | None = None
+    artefacts: Literal["report", "off"] = "report"  # pen/fold/blur QC (`heatmaps.artefacts`)
     tiles_gzip: bool = True  # tiles.geojson.gz (QuPath reads it as is); False writes plain tiles.geojson
 
 

@@ -44,3 +44,8 @@ class CohortError(WsiHaloaeError):
     """Some slides of a cohort failed; the others finished (see cohort.csv)."""
 
     exit_code = 1
+
+
+class AnnotationError(WsiHaloaeError):
+    """An annotation file (GeoJSON, ASAP XML, mask image, OME-Zarr label) is missing, malformed,
+    selects nothing, or is not in the slide's level-0 pixel frame."""

@@ -4,11 +4,13 @@ slide, `wsi_haloae.cohort.heatmap_cohort` for a cohort)."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import click
 
 from .cohort_options import cohort_options
+from .region_options import region_options
 
 
 @click.command("heatmap")
@@ -73,6 +75,12 @@ from .cohort_options import cohort_options
     help="Anomaly threshold (default: the model's high percentile of its training tile scores).",
 )
 @cohort_options
+@partial(region_options, min_inside_default=None)
+@click.option(
+    "--artefacts",
+    type=click.Choice(["report", "off"]),
+    help="Pen, fold and blur QC: report artefact tiles as their own class (default) or skip it.",
+)
 @click.option(
     "--normalisation",
     type=click.Choice(["median", "mean"]),
@@ -110,6 +118,11 @@ def heatmap_command(
     compile_model: bool | None,
     no_bf16: bool,
     threshold: float | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    min_inside: float | None,
+    tissue_mask: str | None,
+    artefacts: str | None,
     normalisation: str | None,
     scheduler: str | None,
     dask_workers: int | None,
@@ -150,6 +163,11 @@ def heatmap_command(
         threshold=threshold,
         normalisation=normalisation,
         bf16=False if no_bf16 else None,
+        include=include or None,
+        exclude=exclude or None,
+        min_inside=min_inside,
+        tissue_mask=tissue_mask,
+        artefacts=artefacts,
         tiles_gzip=False if plain_geojson else None,
     )
     if len(slides) == 1 and scheduler is None:  # a cohort records a bad slide and goes on instead

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .cohort_options import cohort_options
+from .region_options import region_options
 
 
 @click.command("tile")
@@ -44,6 +45,17 @@ from .cohort_options import cohort_options
 @click.option("--max-tiles", type=int, help="Sample at most this many tiles across all slides.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --max-tiles sample.")
 @click.option(
+    "--max-tiles-per-slide", type=int, help="Keep at most this many tiles of each slide (drawn with --seed)."
+)
+@region_options
+@click.option(
+    "--artefacts",
+    type=click.Choice(["exclude", "keep", "off"]),
+    default="exclude",
+    show_default=True,
+    help="Pen, fold and blur tiles: leave out, keep (manifest column 'artefact') or skip the QC.",
+)
+@click.option(
     "--workers",
     type=int,
     default=0,
@@ -70,6 +82,12 @@ def tile_command(
     image_format: str,
     max_tiles: int | None,
     seed: int,
+    max_tiles_per_slide: int | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    min_inside: float,
+    tissue_mask: str | None,
+    artefacts: str,
     workers: int,
     backend: str,
     scheduler: str | None,
@@ -109,6 +127,12 @@ def tile_command(
         image_format=image_format,  # type: ignore[arg-type]
         max_tiles=max_tiles,
         seed=seed,
+        max_tiles_per_slide=max_tiles_per_slide,
+        include=include,
+        exclude=exclude,
+        min_inside=min_inside,
+        tissue_mask=tissue_mask,
+        artefacts=artefacts,  # type: ignore[arg-type]
         workers=workers,
         backend=backend,  # type: ignore[arg-type]
     )

@@ -9,7 +9,7 @@ overlay and a summary out, resumable after a kill.
     regions.geojson    regions above the threshold as QuPath annotations (area_um2, mean/max score)
     overlay.png        thumbnail + heatmap above the threshold + colour bar + outlines + scale bar
     top_tiles.png      the highest-scoring tiles at full resolution, with score and level-0 (x, y)
-    tile_scores.npz    per tile: x_l0, y_l0, tissue_fraction, score_mean, score_max (for re-thresholding)
+    tile_scores.npz    per tile: x_l0, y_l0, tissue_fraction, score_mean, score_max (for re-thresholding), artefact (QC)
     summary.json       what was done, with which model and threshold, counts, statistics, timings
 
 Heatmap frame: pixel (i, j) of level 0 covers level-0 slide pixels [j p, (j + 1) p) x [i p, (i + 1) p)
@@ -54,9 +54,12 @@ from ..files import check_unique_stems, slide_stem, write_atomically
 from ..model.device import resolve_device
 from ..slides.grid import TileGrid
 from ..slides.inputs import check_input
+from ..slides.qc import TileQC, qc_tiles
+from ..slides.regions import load_region_filter, select_in_regions, user_tissue
 from ..slides.slide import Slide, open_slide
 from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 from ..training.checkpoint import TrainedModel, load_trained
+from .artefacts import artefact_heat_mask, artefact_summary, label_artefact_tiles
 from .colours import score_colours
 from .gallery import save_top_tiles
 from .infer import InferenceEngine, TileMaps, default_workers
@@ -171,6 +174,7 @@ def heatmap_slide(
             "threshold": threshold,
             "min_region_um2": cfg.min_region_um2,
             "simplify_px": cfg.simplify_px,
+            "artefacts": cfg.artefacts,
             "tiles_gzip": cfg.tiles_gzip,
         }
         finished = _finished_summary(folder, fingerprint, outputs_key)
@@ -205,9 +209,24 @@ def heatmap_slide(
         scores = _tile_scores(folder, plan, store)
 
         clock = time.perf_counter()
+        qc = None if cfg.artefacts == "off" else qc_tiles(slide, plan.grid, plan.selection.indices)
+        timings["qc_s"] = time.perf_counter() - clock
+        scores = _with_artefacts(folder, scores, qc)
+        clock = time.perf_counter()
         namespace = f"{slide_path.name}:{fingerprint['model_sha256'][:16]}"
         summary = _write_outputs(
-            slide, folder, plan, store, scores, trained, threshold, cfg, namespace, timings, threshold_source
+            slide,
+            folder,
+            plan,
+            store,
+            scores,
+            trained,
+            threshold,
+            cfg,
+            namespace,
+            timings,
+            threshold_source,
+            qc=qc,
         )
         summary.update(
             {
@@ -325,9 +344,17 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
             f"{slide.path}: cannot read a thumbnail ({type(exc).__name__}: {exc}); the file may be corrupt"
         ) from exc
     check_input(slide, tissue, allow=cfg.allow_non_brightfield)
-    selection = select_tiles(
-        grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(slide.path)
-    )
+    if cfg.tissue_mask is None:
+        selection = select_tiles(
+            grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(slide.path)
+        )
+    else:
+        tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, slide_stem(slide.path))
+    if regions is not None:
+        selection = select_in_regions(
+            grid, selection, regions, min_inside=cfg.min_inside, slide_name=str(slide.path)
+        ).selection
     geometry = HeatmapGeometry.for_grid(grid, band_px=cfg.chunk_px)
     return _Plan(grid, tissue, selection, geometry, (float(mpp_um_xy[0]), float(mpp_um_xy[1])), resolution)
 
@@ -369,7 +396,7 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What the stored scores depend on: a store resumed with anything else is refused."""
     grid = plan.grid
-    return {
+    fingerprint = {
         "format": STORE_FINGERPRINT_FORMAT,
         "model_sha256": model_digest(trained),
         "slide": {
@@ -390,6 +417,14 @@ def _fingerprint(
         "precision": engine.precision,
         "normalisation": engine.scorer.normalisation,
     }
+    if cfg.include or cfg.exclude or cfg.tissue_mask is not None:  # they choose the scored tiles
+        fingerprint["regions"] = {
+            "include": list(cfg.include),
+            "exclude": list(cfg.exclude),
+            "min_inside": cfg.min_inside,
+            "tissue_mask": cfg.tissue_mask,
+        }
+    return fingerprint
 
 
 def _score_missing_bands(
@@ -552,6 +587,23 @@ def _tile_scores(folder: Path, plan: _Plan, store: HeatmapStore) -> dict[str, np
     return scores
 
 
+def _with_artefacts(folder: Path, scores: dict[str, np.ndarray], qc: TileQC | None) -> dict[str, np.ndarray]:
+    """`scores` with the QC's per-tile `artefact` flags (bool), saved to `tile_scores.npz` when
+    they changed (the viewer and re-thresholding read them there); without QC, without them."""
+    if qc is None:
+        if "artefact" not in scores:
+            return scores
+        scores = {key: value for key, value in scores.items() if key != "artefact"}
+    elif "artefact" in scores and np.array_equal(scores["artefact"], qc.is_artefact):
+        return scores
+    else:
+        scores = {**scores, "artefact": qc.is_artefact}
+    buffer = io.BytesIO()
+    np.savez(buffer, **scores)
+    write_atomically(folder / SCORES_NAME, buffer.getvalue())
+    return scores
+
+
 def _level_at_most(shapes: list[tuple[int, int]], max_px: int) -> int:
     """The finest level whose long side is at most `max_px` (the coarsest if none is)."""
     for level, shape in enumerate(shapes):
@@ -572,6 +624,8 @@ def _write_outputs(
     namespace: str,
     timings: dict[str, float],
     threshold_source: str = "",
+    *,
+    qc: TileQC | None = None,
 ) -> dict[str, Any]:
     """Regions, tiles and overlay files; returns the summary's descriptive part. `namespace`
     (slide and model) seeds the features' UUIDs, so reruns write identical GeoJSON. A bool
@@ -581,9 +635,14 @@ def _write_outputs(
     clock = time.perf_counter()
     region_level = _level_at_most(shapes, REGION_MAX_PX)
     heat, computed = read_level(store.path, region_level)
+    coords_l0 = np.stack([scores["x_l0"], scores["y_l0"]], axis=1)
+    scored = computed
+    if qc is not None and qc.is_artefact.any():  # artefacts are not anomalies: no region over them
+        px_to_l0 = geometry.px_to_l0 * 2**region_level
+        scored = computed & ~artefact_heat_mask(heat.shape, px_to_l0, coords_l0, plan.grid.tile_size_l0, qc)
     regions = anomaly_regions(
         heat,
-        computed,
+        scored,
         threshold,
         px_to_l0=geometry.px_to_l0 * 2**region_level,
         mpp_um=plan.mpp_um_xy,
@@ -605,6 +664,8 @@ def _write_outputs(
         threshold=threshold,
         id_namespace=namespace,
     )
+    if qc is not None:
+        label_artefact_tiles(features, qc)
     tiles_name = TILES_NAME if cfg.tiles_gzip else TILES_PLAIN_NAME
     (folder / (TILES_PLAIN_NAME if cfg.tiles_gzip else TILES_NAME)).unlink(missing_ok=True)
     write_feature_collection(folder / tiles_name, features)
@@ -617,8 +678,11 @@ def _write_outputs(
     overlay_level = max(0, min(len(shapes) - 1, math.floor(math.log2(l0_per_thumb_px / geometry.px_to_l0))))
     if overlay_level != region_level:
         heat, computed = read_level(store.path, overlay_level)
-    anomalous = int((scores["score_mean"] > threshold).sum())
+    above = scores["score_mean"] > threshold
+    anomalous = int((above if qc is None else above & ~qc.is_artefact).sum())
     artefact = np.asarray(scores["artefact"], bool) if "artefact" in scores else None
+    if qc is not None:  # the QC of this run (`heatmaps.artefacts`)
+        artefact = qc.is_artefact
     coords_l0 = np.stack([scores["x_l0"], scores["y_l0"]], axis=1)
     mpp_x = plan.mpp_um_xy[0]
     save_overlay(
@@ -680,6 +744,7 @@ def _write_outputs(
             "levels": len(shapes),
         },
         "tiles": {"grid": len(plan.grid), "tissue": len(plan.selection), "anomalous": anomalous},
+        "artefacts": artefact_summary(qc),
         "scores": {
             "tile_mean": _statistics(scores["score_mean"]),
             "tile_max": _statistics(scores["score_max"]),

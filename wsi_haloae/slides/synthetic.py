@@ -12,6 +12,13 @@ from its own level-0 coordinates, so any region renders on its own and tiles joi
   "foreign" (a cross-hatched grey-green texture), "stain" (a dark blue or brown blob), "fold"
   (tissue overlaid on a shifted copy of itself, darker). A pixel shows an anomaly exactly when its
   centre lies inside the anomaly's polygon, so the polygons are the exact ground truth.
+- Artefacts (optional, `artefacts=("pen", "blur", "fold")`), what slide QC must catch rather
+  than the model: "pen" (a marker stroke, blue or green ink multiplying whatever is under it, over
+  tissue and glass), "blur" (a patch of tissue out of focus: Gaussian-blurred), "fold" (tissue
+  folded over itself twice: three layers of stain, darker). As with anomalies, a pixel shows an
+  artefact exactly when its centre lies in the artefact's polygon. They are drawn from a
+  generator of their own, so a slide without artefacts is byte-identical to one written before
+  they existed.
 
 Shapes are polygons star-shaped about their centre (one vertex per angle step), which makes the
 point-in-polygon test a constant-time, vectorised check: find the angular sector, test one edge.
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 
 AnomalyKind = Literal["foreign", "stain", "fold"]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = get_args(AnomalyKind)
+ArtefactKind = Literal["pen", "blur", "fold"]
+ARTEFACT_KINDS: tuple[ArtefactKind, ...] = get_args(ArtefactKind)
 TissueLayout = Literal["blobs", "full"]
 
 TILE_PX = 256
@@ -80,6 +89,15 @@ _NUCLEUS_RADIUS_UM = (1.8, 3.2)
 _NUCLEUS_EDGE_UM = 0.6
 _ANOMALY_RADIUS_UM = (100.0, 200.0)
 _BLOB_CELL_UM = 8000.0  # tissue blobs are at most ~7 mm across, as on a real slide
+# Artefacts. Ink transmits these fractions of red, green and blue (blue and green markers).
+_PEN_INKS = (np.array([0.15, 0.5, 0.8], np.float32), np.array([0.3, 0.72, 0.45], np.float32))
+_PEN_WIDTH_UM = 150.0  # a fine marker's stroke
+_BLUR_SIGMA_UM = 2.5  # Gaussian point-spread of the out-of-focus patch
+_BLUR_RADIUS_UM = (120.0, 200.0)
+_FOLD_WIDTH_UM = (100.0, 160.0)
+_FOLD_LENGTH_UM = (300.0, 500.0)
+_FOLD_DARKEN = 0.4  # the compressed double fold scatters light too
+_SALT_ARTEFACTS = 7919  # the artefacts' own random generator: [seed, this]
 
 # hash salts: one independent random field each
 _SALT_DRIFT, _SALT_MOTTLE, _SALT_WARP, _SALT_GRAIN, _SALT_NUCLEI, _SALT_STAIN = range(1, 7)
@@ -138,12 +156,21 @@ class PlantedAnomaly:
 
 
 @dataclass(frozen=True)
+class PlantedArtefact:
+    """One planted artefact: its kind and its outline (`polygon`, level-0 px)."""
+
+    kind: ArtefactKind
+    polygon: Polygon
+
+
+@dataclass(frozen=True)
 class SyntheticSlide:
     """A written synthetic slide and its exact truth.
 
     `size` is the level-0 (width, height) in px; `mpp_um` the µm/px stored in the file (None when
     written without); `tissue` the tissue region (Polygon or MultiPolygon, level-0 px) and
-    `tissue_shapes` its blobs (empty for `layout="full"`); `anomalies` the planted anomalies.
+    `tissue_shapes` its blobs (empty for `layout="full"`); `anomalies` the planted anomalies and
+    `artefacts` the planted artefacts.
     """
 
     path: Path
@@ -154,6 +181,7 @@ class SyntheticSlide:
     tissue: Polygon | MultiPolygon
     tissue_shapes: tuple[StarShape, ...]
     anomalies: tuple[PlantedAnomaly, ...]
+    artefacts: tuple[PlantedArtefact, ...] = ()
 
     @property
     def texture_mpp_um(self) -> float:
@@ -170,13 +198,15 @@ def write_synthetic_slide(
     anomalies: int = 0,
     seed: int = 0,
     tissue: TissueLayout = "blobs",
+    artefacts: Iterable[ArtefactKind] = (),
     progress: bool = False,
 ) -> SyntheticSlide:
     """Write a synthetic pyramidal slide of width_px × height_px level-0 px to `path`.
 
     `mpp_um` is stored in the file (None writes no resolution, for testing slides without mpp;
     the textures then use 0.5 µm/px). `anomalies` are planted in the tissue, kinds cycling
-    foreign, stain, fold. Levels halve down to a longer side below 1024 px. The file appears at
+    foreign, stain, fold; `artefacts` lists the artefacts to plant (one per entry, e.g.
+    ("pen", "blur", "fold")), clear of the anomalies. Levels halve down to a longer side below 1024 px. The file appears at
     `path` only once complete; scratch space of about width × height bytes is used next to it.
 
     Raises ConfigError for bad parameters (or anomalies that do not fit the tissue) and
@@ -184,7 +214,14 @@ def write_synthetic_slide(
     """
     path = Path(path)
     slide = plan_synthetic_slide(
-        path, width_px, height_px, mpp_um=mpp_um, anomalies=anomalies, seed=seed, tissue=tissue
+        path,
+        width_px,
+        height_px,
+        mpp_um=mpp_um,
+        anomalies=anomalies,
+        seed=seed,
+        tissue=tissue,
+        artefacts=artefacts,
     )
     sizes = _level_sizes(width_px, height_px)
     total_tiles = sum(math.ceil(w / TILE_PX) * math.ceil(h / TILE_PX) for w, h in sizes)
@@ -240,6 +277,7 @@ def plan_synthetic_slide(
     anomalies: int = 0,
     seed: int = 0,
     tissue: TissueLayout = "blobs",
+    artefacts: Iterable[ArtefactKind] = (),
 ) -> SyntheticSlide:
     """The layout `write_synthetic_slide` would write, without writing it (same arguments)."""
     if width_px < MIN_SIDE_PX or height_px < MIN_SIDE_PX:
@@ -268,13 +306,28 @@ def plan_synthetic_slide(
         shapes = _tissue_blobs(rng, width_px, height_px, texture_mpp)
         region = shapes[0].polygon if len(shapes) == 1 else MultiPolygon([s.polygon for s in shapes])
     planted = _plant_anomalies(rng, anomalies, width_px, height_px, texture_mpp, shapes)
-    return SyntheticSlide(Path(path), (width_px, height_px), mpp_um, seed, tissue, region, shapes, planted)
+    kinds = tuple(artefacts)
+    for kind in kinds:
+        if kind not in ARTEFACT_KINDS:
+            raise ConfigError(f"artefact {kind!r} must be one of {', '.join(ARTEFACT_KINDS)}")
+    marks = _plant_artefacts(seed, kinds, width_px, height_px, texture_mpp, region, planted) if kinds else ()
+    return SyntheticSlide(
+        Path(path), (width_px, height_px), mpp_um, seed, tissue, region, shapes, planted, marks
+    )
 
 
 def render_region(slide: SyntheticSlide, x_l0: int, y_l0: int, size_px: tuple[int, int]) -> np.ndarray:
     """The exact level-0 pixels of `slide` (before JPEG) in the box of `size_px` (width, height)
     whose top-left pixel is (x_l0, y_l0): an (height, width, 3) uint8 RGB array. Defined beyond
     the slide's edges too."""
+    rgb = _render_base(slide, x_l0, y_l0, size_px)
+    if slide.artefacts:
+        rgb = _render_artefacts(slide, rgb, x_l0, y_l0, size_px)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _render_base(slide: SyntheticSlide, x_l0: int, y_l0: int, size_px: tuple[int, int]) -> np.ndarray:
+    """Tissue, background and anomalies of the box (no artefacts): (height, width, 3) float."""
     width_px, height_px = size_px
     x = x_l0 + np.arange(width_px) + 0.5
     y = y_l0 + np.arange(height_px) + 0.5
@@ -292,7 +345,7 @@ def render_region(slide: SyntheticSlide, x_l0: int, y_l0: int, size_px: tuple[in
             if _paint(inside, anomaly.shape, x, y):
                 look = _anomaly_texture(anomaly.kind, index, u_um, v_um, slide.seed, texture)
                 rgb = np.where(inside[..., None], look, rgb)
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    return rgb
 
 
 def anomaly_mask(
@@ -313,6 +366,27 @@ def anomaly_mask(
     mask = np.zeros((height_px, width_px), bool)
     for anomaly in slide.anomalies:
         _paint(mask, anomaly.shape, x, y)
+    return mask
+
+
+def artefact_mask(
+    slide: SyntheticSlide,
+    x_l0: int,
+    y_l0: int,
+    size_px: int | tuple[int, int],
+    downsample: int = 1,
+    kinds: Iterable[ArtefactKind] = ARTEFACT_KINDS,
+) -> np.ndarray:
+    """Exact artefact truth, as `anomaly_mask` is for anomalies: (height, width) bool, True where
+    the pixel's centre lies inside an artefact of one of `kinds`."""
+    width_px, height_px = (size_px, size_px) if isinstance(size_px, int) else size_px
+    x = x_l0 + (np.arange(width_px) + 0.5) * downsample
+    y = y_l0 + (np.arange(height_px) + 0.5) * downsample
+    mask = np.zeros((height_px, width_px), bool)
+    wanted = set(kinds)
+    for artefact in slide.artefacts:
+        if artefact.kind in wanted:
+            mask |= _inside_polygon(artefact.polygon, x, y)
     return mask
 
 
@@ -443,6 +517,117 @@ def _plant_anomalies(
                 f"(placed {index}); use fewer anomalies or a larger size"
             )
     return tuple(planted)
+
+
+def _plant_artefacts(
+    seed: int,
+    kinds: tuple[ArtefactKind, ...],
+    width_px: int,
+    height_px: int,
+    mpp_um: float,
+    tissue: Polygon | MultiPolygon,
+    anomalies: tuple[PlantedAnomaly, ...],
+) -> tuple[PlantedArtefact, ...]:
+    """One artefact per entry of `kinds`, clear of the anomalies and of each other: pen strokes
+    across the tissue's edge (ink on tissue and on glass), blur patches and folds inside tissue."""
+    from shapely import affinity
+    from shapely.geometry import LineString, Point
+
+    rng = np.random.default_rng([seed, _SALT_ARTEFACTS])
+    taken = [a.polygon.buffer(0.1 * math.sqrt(a.polygon.area)) for a in anomalies]
+    inner = tissue.buffer(-0.02 * min(width_px, height_px))
+    min_x, min_y, max_x, max_y = tissue.bounds
+    # sizes in µm, capped by the size of a tissue blob (a quarter of the slide's short side)
+    cap = min(width_px, height_px) / 4
+    planted: list[PlantedArtefact] = []
+    for number, kind in enumerate(kinds):
+        for _ in range(500):
+            centre = (rng.uniform(min_x, max_x), rng.uniform(min_y, max_y))
+            angle = rng.uniform(0, 180)
+            if kind == "pen":
+                length = rng.uniform(0.6, 1.0) * cap
+                wobble = rng.uniform(-0.08, 0.08, 5) * length
+                t = np.linspace(-0.5, 0.5, 5) * length
+                line = LineString(np.stack([centre[0] + t, centre[1] + wobble], axis=1))
+                outline = affinity.rotate(line, angle, origin=centre).buffer(_PEN_WIDTH_UM / mpp_um / 2)
+                fits = outline.intersects(tissue) and not inner.contains(outline)
+            elif kind == "blur":
+                radius = min(rng.uniform(*_BLUR_RADIUS_UM) / mpp_um, 0.3 * cap)
+                outline = affinity.scale(Point(centre).buffer(radius, 32), 1.0, rng.uniform(0.6, 1.0))
+                fits = inner.contains(outline)
+            else:
+                length = min(rng.uniform(*_FOLD_LENGTH_UM) / mpp_um, 0.8 * cap)
+                width = min(rng.uniform(*_FOLD_WIDTH_UM) / mpp_um, 0.2 * cap)
+                band = box(
+                    centre[0] - length / 2,
+                    centre[1] - width / 2,
+                    centre[0] + length / 2,
+                    centre[1] + width / 2,
+                )
+                outline = affinity.rotate(band, angle, origin=centre)
+                fits = inner.contains(outline)
+            if fits and not any(outline.intersects(other) for other in taken):
+                planted.append(PlantedArtefact(kind, Polygon(outline.exterior)))
+                taken.append(outline.buffer(0.05 * cap))
+                break
+        else:
+            raise ConfigError(
+                f"cannot fit artefact {number} ({kind}) on a {width_px}x{height_px} px slide; "
+                "use fewer artefacts or anomalies, or a larger size"
+            )
+    return tuple(planted)
+
+
+def _inside_polygon(polygon: Polygon, x_l0: np.ndarray, y_l0: np.ndarray) -> np.ndarray:
+    """Which points of the grid x_l0 (w,) × y_l0 (h,) lie inside `polygon`: (h, w) bool; only the
+    window of its bounds is tested."""
+    import shapely
+
+    mask = np.zeros((len(y_l0), len(x_l0)), bool)
+    min_x, min_y, max_x, max_y = polygon.bounds
+    c0, c1 = np.searchsorted(x_l0, min_x), np.searchsorted(x_l0, max_x, side="right")
+    r0, r1 = np.searchsorted(y_l0, min_y), np.searchsorted(y_l0, max_y, side="right")
+    if c0 < c1 and r0 < r1:
+        grid_x, grid_y = np.meshgrid(x_l0[c0:c1], y_l0[r0:r1])
+        mask[r0:r1, c0:c1] = shapely.contains_xy(polygon, grid_x, grid_y)
+    return mask
+
+
+def _render_artefacts(
+    slide: SyntheticSlide, rgb: np.ndarray, x_l0: int, y_l0: int, size_px: tuple[int, int]
+) -> np.ndarray:
+    """`rgb` (the base rendering of the box) with the slide's artefacts drawn over it."""
+    from scipy import ndimage
+
+    width_px, height_px = size_px
+    x = x_l0 + np.arange(width_px) + 0.5
+    y = y_l0 + np.arange(height_px) + 0.5
+    u_um, v_um = x * slide.texture_mpp_um, y * slide.texture_mpp_um
+    pen_count = 0
+    for number, artefact in enumerate(slide.artefacts):
+        inside = _inside_polygon(artefact.polygon, x, y)
+        ink = _PEN_INKS[pen_count % len(_PEN_INKS)]
+        pen_count += artefact.kind == "pen"
+        if not inside.any():
+            continue
+        if artefact.kind == "pen":
+            look = rgb * ink
+        elif artefact.kind == "fold":
+            rng = np.random.default_rng([slide.seed, _SALT_ARTEFACTS, number])
+            look = rgb
+            for _ in range(2):  # two more layers, each shifted by a few µm
+                du, dv = rng.uniform(4, 8, 2) * rng.choice([-1, 1], 2)
+                look = look * _tissue_texture(u_um + du, v_um + dv, slide.seed) / 255
+            look = look * _FOLD_DARKEN
+        else:
+            # blur the base image around the box, so neighbouring tiles blur seamlessly
+            sigma_px = _BLUR_SIGMA_UM / slide.texture_mpp_um
+            pad = int(math.ceil(4 * sigma_px))
+            padded = _render_base(slide, x_l0 - pad, y_l0 - pad, (width_px + 2 * pad, height_px + 2 * pad))
+            blurred = ndimage.gaussian_filter(padded, sigma=(sigma_px, sigma_px, 0), truncate=4.0)
+            look = blurred[pad : pad + height_px, pad : pad + width_px]
+        rgb = np.where(inside[..., None], look, rgb)
+    return rgb
 
 
 # --- textures ---------------------------------------------------------------------------------

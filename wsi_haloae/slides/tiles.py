@@ -33,6 +33,7 @@ from ..errors import ConfigError, OutputError, SlideError
 from ..files import check_unique_stems, ensure_writable_dir, slide_stem, write_atomically
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
 from .inputs import check_input
+from .regions import DEFAULT_MIN_INSIDE, refine_selection, user_tissue
 from .slide import Slide, open_slide
 from .tissue import (
     DEFAULT_MIN_TISSUE,
@@ -325,6 +326,12 @@ class TileConfig:
     refusals (`inputs.check_input`) into warnings. `stride_px` (default: the tile size)
     below `tile_size_px` makes tiles overlap. Tiles with a tissue fraction below `min_tissue` are
     dropped; `max_tiles` (with `seed`) samples that many tiles uniformly across all slides.
+    Regions (`slides.regions`): `include` / `exclude` region specs (`file.geojson:Class`,
+    `file.xml`, `mask.png@16`) keep tiles with at least `min_inside` of their footprint in the
+    included minus the excluded area; `tissue_mask` (a region spec) replaces the built-in tissue
+    mask. `artefacts` (`slides.qc`): "exclude" drops pen, fold and blur tiles, "keep" keeps them
+    with an `artefact` manifest column, "off" skips the QC. `max_tiles_per_slide` caps each slide
+    (drawn with `seed`) before `max_tiles` samples across slides.
     """
 
     mpp_um: float | None = None
@@ -343,6 +350,12 @@ class TileConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     backend: Literal["openslide", "tiffslide"] = "openslide"
     thumbnail_px: int = DEFAULT_THUMBNAIL_PX
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_inside: float = field(default=DEFAULT_MIN_INSIDE, metadata={"range": "[0, 1]"})
+    tissue_mask: str | None = None
+    artefacts: Literal["exclude", "keep", "off"] = "exclude"
+    max_tiles_per_slide: int | None = field(default=None, metadata={"range": "[1, inf)"})
 
 
 @dataclass(frozen=True)
@@ -367,6 +380,8 @@ class SlidePlan:
     grid: TileGrid
     tissue: TissueMask
     selection: TileSelection
+    # extra manifest columns (name -> one cell per selected tile): regions, artefact kind
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 def write_tiles(
@@ -462,10 +477,14 @@ def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
         log.info("%s: %s", path, grid)
         tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
         check_input(slide, tissue, allow=cfg.allow_non_brightfield)
-        selection = select_tiles(
-            grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(path)
-        )
-    return SlidePlan(path.resolve(), out_dir / slide_stem(path), grid, tissue, selection)
+        if cfg.tissue_mask is None:
+            selection = select_tiles(
+                grid, tissue.mask, tissue.downsample, min_tissue=cfg.min_tissue, slide_name=str(path)
+            )
+        else:
+            tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+        selection, columns = refine_selection(slide, grid, selection, cfg)
+    return SlidePlan(path.resolve(), out_dir / slide_stem(path), grid, tissue, selection, columns)
 
 
 def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np.ndarray]:
@@ -490,8 +509,9 @@ def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
     mpp = "" if grid.mpp_um is None else f"{grid.mpp_um:.6g}"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for (x_l0, y_l0), fraction in zip(coords_l0.tolist(), fractions.tolist()):
+    writer.writerow(MANIFEST_COLUMNS + tuple(plan.columns))
+    extra = [[cells[i] for cells in plan.columns.values()] for i in picked.tolist()]
+    for (x_l0, y_l0), fraction, more in zip(coords_l0.tolist(), fractions.tolist(), extra):
         writer.writerow(
             [
                 plan.slide,
@@ -504,6 +524,7 @@ def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:
                 grid.tile_size_px,
                 mpp,
                 f"{fraction:.4f}",
+                *more,
             ]
         )
     return buffer.getvalue()

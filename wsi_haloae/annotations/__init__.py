@@ -38,7 +38,7 @@ import numpy as np
 import shapely
 from shapely.geometry import mapping
 
-from .files import write_atomically
+from ..files import write_atomically
 
 log = logging.getLogger(__name__)
 
