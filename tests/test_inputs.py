@@ -48,7 +48,9 @@ def test_a_fluorescence_image_is_refused_with_the_reason_and_the_override(tmp_pa
     assert "does not look like a brightfield slide" in result.output and "near-black" in result.output
     assert "--allow-non-brightfield" in result.output
     assert not (tmp_path / "out" / "dapi").exists(), "refused before any output is written"
-    forced = _tile(path, tmp_path / "forced", "--allow-non-brightfield", "--min-tissue", "0")
+    forced = _tile(
+        path, tmp_path / "forced", "--allow-non-brightfield", "--min-tissue", "0", "--artefacts", "keep"
+    )
     assert forced.exit_code == 0, forced.output
     assert (tmp_path / "forced" / "dapi" / "manifest.csv").is_file()
 
@@ -71,12 +73,12 @@ def test_a_grey_background_and_wall_to_wall_tissue_are_warned_about(
 ) -> None:
     grey = _slide(tmp_path / "grey.tif", (170, 170, 170), (150, 60, 130))
     with caplog.at_level(logging.WARNING):
-        write_tiles([grey], tmp_path / "grey-out", TileConfig(tile_size_px=64))
+        write_tiles([grey], tmp_path / "grey-out", TileConfig(tile_size_px=64, artefacts="keep"))
     assert "is not near-white" in caplog.text
     caplog.clear()
     full = _slide(tmp_path / "full.tif", (242, 242, 242), (190, 90, 170), cover=0.99)
     with caplog.at_level(logging.WARNING):
-        write_tiles([full], tmp_path / "full-out", TileConfig(tile_size_px=64))
+        write_tiles([full], tmp_path / "full-out", TileConfig(tile_size_px=64, artefacts="keep"))
     assert "tissue covers" in caplog.text and "check the thumbnail" in caplog.text
 
 
