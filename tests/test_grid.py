@@ -120,7 +120,11 @@ class FakeSlide:
     level_downsamples: tuple[float, ...]
     mpp_um: tuple[float, float] | None
 
-    def require_mpp(self, assume_mpp_um: float | None = None) -> tuple[float, float]:
+    def require_mpp(
+        self, assume_mpp_um: float | None = None, slide_mpp_um: float | None = None
+    ) -> tuple[float, float]:
+        if slide_mpp_um is not None:
+            return (slide_mpp_um, slide_mpp_um)
         if self.mpp_um is not None:
             return self.mpp_um
         assert assume_mpp_um is not None

@@ -51,8 +51,8 @@ TINY = ROOT / "configs" / "tiny.yaml"
 # grid, a 192 x 256 heatmap at 4 µm/px; 12-row bands, so tile rows straddle band edges.
 CFG = HeatmapConfig(mpp_um=1.0, workers=0, batch_size=8, chunk_px=12, min_region_um2=500.0)
 # Coarser, for the resume tests: 2 µm/px tiles (8 x 6 grid), a 96 x 128 heatmap in 24 bands of 4
-# rows, batches of 2 tiles
-COARSE = dataclasses.replace(CFG, mpp_um=2.0, chunk_px=4, batch_size=2)
+# rows, batches of 2 tiles (not the model's 1 µm/px: allowed explicitly)
+COARSE = dataclasses.replace(CFG, mpp_um=2.0, chunk_px=4, batch_size=2, allow_mpp_mismatch=True)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -195,7 +195,10 @@ def test_a_wide_slide_gets_a_pyramid(
     wide = synthetic_slide_factory(33000, 600, mpp_um=0.5, tissue="blobs", seed=1)
     # 4 µm/px tiles span 512 level-0 px; heatmap px 32 level-0 px = 16 µm: 19 x 1032 px, two levels
     result = heatmap_slide(
-        wide.path, trained, tmp_path, dataclasses.replace(CFG, mpp_um=4.0, chunk_px=8, min_tissue=0.75)
+        wide.path,
+        trained,
+        tmp_path,
+        dataclasses.replace(CFG, mpp_um=4.0, chunk_px=8, min_tissue=0.75, allow_mpp_mismatch=True),
     )
     image = next(iter(Reader(parse_url(str(result.out_dir / STORE_NAME)))()))
     assert [tuple(level.shape) for level in image.data] == [(19, 1032), (10, 516)]
@@ -297,7 +300,7 @@ def test_resume_after_sigkill_gives_identical_outputs(
 ) -> None:
     config = tmp_path / "heatmap.yaml"
     config.write_text(
-        "mpp_um: 2.0\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\ndevice: cpu\n"
+        "mpp_um: 2.0\nallow_mpp_mismatch: true\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\ndevice: cpu\n"
     )
     command = [
         sys.executable,
@@ -358,7 +361,9 @@ def test_a_second_writer_is_refused(
 
 
 def test_the_real_cmu_slide(cmu_slide: Path, trained: TrainedModel, tmp_path: Path) -> None:
-    result = heatmap_slide(cmu_slide, trained, tmp_path, HeatmapConfig(mpp_um=2.0, workers=0))
+    result = heatmap_slide(
+        cmu_slide, trained, tmp_path, HeatmapConfig(mpp_um=2.0, workers=0, allow_mpp_mismatch=True)
+    )
     summary = json.loads((result.out_dir / SUMMARY_NAME).read_text())
     # 0.499 µm/px slide, 2 µm/px tiles: footprint round(64 x 2 / 0.499) = 257 level-0 px
     assert summary["grid"]["tile_size_l0"] == 257 and (
@@ -483,7 +488,9 @@ def test_also_export_qupath_writes_the_ome_tiff_of_a_finished_run(
     from ome_types import from_xml
 
     config = tmp_path / "heatmap.yaml"
-    config.write_text("mpp_um: 2.0\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\n")
+    config.write_text(
+        "mpp_um: 2.0\nallow_mpp_mismatch: true\nworkers: 0\nbatch_size: 2\nchunk_px: 4\nmin_region_um2: 500.0\n"
+    )
     command = ["heatmap", str(small_slide.path), "--model", str(run_dir), "--out", str(done_coarse.parent)]
     result = CliRunner().invoke(
         main, [*command, "--config", str(config), "--no-progress", "--also-export", "qupath"]

@@ -97,7 +97,7 @@ def test_heatmap_scores_inside_the_included_region_only(artefact_slide, trained,
             }
         )
     )
-    coarse = dataclasses.replace(CFG, mpp_um=2.0, artefacts="off")  # 256 level-0 px tiles
+    coarse = dataclasses.replace(CFG, mpp_um=2.0, artefacts="off", allow_mpp_mismatch=True)  # 256 l0 px tiles
     inside = heatmap_slide(
         artefact_slide.path, trained, tmp_path, dataclasses.replace(coarse, include=(f"{region}:ROI",))
     )

@@ -158,7 +158,7 @@ def test_require_mpp(small_slide: SyntheticSlide, broken_files: Path, backend: s
         ("text.txt", "is not a whole-slide image"),
         ("truncated.svs", "truncated or corrupt"),
         ("missing.svs", "does not exist"),
-        (".", "is not a file"),
+        (".", "a folder without DICOM files"),
     ],
 )
 def test_bad_files(broken_files: Path, backend: str, name: str, words: str) -> None:

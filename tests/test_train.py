@@ -175,6 +175,8 @@ def test_cli_train_writes_a_complete_run(
         str(TINY),
         "--epochs",
         "1",
+        "--tile-mpp",  # a plain image folder: its µm/px is declared
+        "0.5",
         "--no-progress",
     ]
     result = CliRunner().invoke(main, args)
@@ -193,7 +195,8 @@ def test_cli_train_writes_a_complete_run(
     assert again.exit_code == 2 and again.output.count("\n") == 1 and "pass --resume" in again.output
     # --resume without --config takes the run's own config.yaml; a finished run only re-calibrates
     resumed = CliRunner().invoke(
-        main, ["train", "--tiles", str(tiles), "--out", str(run), "--resume", "--no-progress"]
+        main,
+        ["train", "--tiles", str(tiles), "--out", str(run), "--resume", "--tile-mpp", "0.5", "--no-progress"],
     )
     assert resumed.exit_code == 0, resumed.output
 

@@ -239,6 +239,7 @@ def benchmark_heatmap(
             path = Path(slide_path)
         cfg = HeatmapConfig(
             level=0,
+            allow_mpp_mismatch=True,  # a speed benchmark: level 0, whatever the model was trained at
             batch_size=batch_size,
             workers=workers,
             device=device,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .config import HeatmapConfig
 from .errors import CohortError, ConfigError, WsiHaloaeError
-from .files import check_unique_stems, ensure_writable_dir, write_atomically
+from .files import check_unique_stems, ensure_writable_dir, slide_stem, write_atomically
 from .heatmaps.infer import available_cores
 from .slides.tiles import TileConfig, check_tile_job, plan_slide, sample_tiles, tile_slide
 
@@ -214,7 +214,7 @@ def _heatmap_task(
     started = time.perf_counter()
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
-    summary_path = out / slide.stem / SUMMARY_NAME
+    summary_path = out / slide_stem(slide) / SUMMARY_NAME
     try:
         before = summary_path.read_bytes() if summary_path.is_file() else None
         trained, engine = _engine(run, cfg)

@@ -92,8 +92,11 @@ class TrainConfig:
 class HeatmapConfig:
     """How `heatmap` scores a slide with a trained model (the tile size is the model's own).
 
-    Resolution: `mpp_um` (µm/px of the tiles, default 0.5) or a pyramid `level`, not both;
-    `assume_mpp_um` stands in for a slide's missing mpp. `stride_px` below the tile size overlaps
+    Resolution: `mpp_um` (µm/px of the tiles; default: the model's training resolution, and
+    another one needs `allow_mpp_mismatch`) or a pyramid `level`, not both; `slide_mpp_um`
+    overrides a slide's own µm/px, `assume_mpp_um` stands in for a missing one; reading finer
+    than level 0 needs `allow_upsample`; `allow_non_brightfield` lets non-brightfield-looking
+    slides through with a warning (see `wsi_haloae.slides.inputs`). `stride_px` below the tile size overlaps
     tiles (blended without seams); tile size and stride must be multiples of 4. `batch_size` None
     picks one that fits the device; `workers` None uses a tile reader process per spare core on
     CUDA and none on the CPU, where the model needs every core (0 reads in this process). The
@@ -105,9 +108,13 @@ class HeatmapConfig:
     the same way; false gives the scores of every pixel (the behaviour before, for measurement).
     """
 
-    mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})  # None: the model's
     level: int | None = field(default=None, metadata={"range": "[0, inf)"})
     assume_mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    slide_mpp_um: float | None = field(default=None, metadata={"range": "[0.05, 20]"})  # overrides the file
+    allow_mpp_mismatch: bool = False  # score at an mpp other than the model's (logged)
+    allow_upsample: bool = False  # read finer than the slide's level 0 (logged)
+    allow_non_brightfield: bool = False  # input-kind refusals become warnings
     stride_px: int | None = field(default=None, metadata={"range": "[1, inf)"})
     min_tissue: float = field(default=0.5, metadata={"range": "[0, 1]"})
     # long side of the thumbnail for the tissue mask and the overlay

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import HeatmapConfig, TrainConfig, from_dict
-from .heatmaps.heatmap import SCORES_NAME, heatmap_slide
+from .heatmaps.heatmap import SCORES_NAME, SUMMARY_NAME, heatmap_slide
 from .slides.synthetic import plan_synthetic_slide, write_ground_truth, write_synthetic_slide
 from .slides.tiles import TileConfig, write_tiles
 from .training.checkpoint import load_trained
@@ -49,6 +50,7 @@ DEMO_TRAIN = {
     "device": "cpu",
 }
 TILE_MPP_UM = 1.0  # 64-px tiles of 64 µm: tissue texture and anomalies both visible
+# The heatmap is given no resolution: it scores at the one the model records from its tiles.
 ANOMALOUS_FRACTION = 0.25  # a tile is anomalous in the ground truth when this much of it is
 
 
@@ -101,13 +103,15 @@ def run_demo(out_dir: str | Path, *, size_px: int = 4096, seed: int = 0, progres
     if not (run_dir / "model.safetensors").is_file():
         train(cfg, out / "tiles", run_dir, resume=(run_dir / "checkpoints").is_dir(), progress=progress)
     trained = load_trained(run_dir)
-    result = heatmap_slide(
-        test_path, trained, out / "heatmaps", HeatmapConfig(mpp_um=TILE_MPP_UM, workers=0), progress
+    result = heatmap_slide(test_path, trained, out / "heatmaps", HeatmapConfig(workers=0), progress)
+    summary = json.loads((result.out_dir / SUMMARY_NAME).read_text())
+    log.info(
+        "heatmap tiles at %.4g µm/px, the model's training resolution %.4g µm/px",
+        summary["resolution"]["heatmap_tile_mpp_um"],
+        summary["resolution"]["model_mpp_um"],
     )
 
-    heatmap_slide(
-        held_out_path, trained, out / "heatmaps", HeatmapConfig(mpp_um=TILE_MPP_UM, workers=0), progress
-    )
+    heatmap_slide(held_out_path, trained, out / "heatmaps", HeatmapConfig(workers=0), progress)
     with np.load(result.out_dir / SCORES_NAME) as scores:
         tiles = len(scores["score_mean"])
     validation = validate_slides(

@@ -192,6 +192,23 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+# Suffix pairs that name one format: `x.ome.tif` is the slide `x`, not `x.ome`.
+_DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.btf", ".ome.tf2", ".ome.tf8", ".ome.zarr")
+
+
+def slide_stem(path: str | Path) -> str:
+    """The name a slide's outputs get: the file name without its format suffix (`x.svs` -> `x`,
+    `x.ome.tif` -> `x`), or a folder's own name (a DICOM series given as its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    lower = path.name.lower()
+    for suffix in _DOUBLE_SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
 def check_unique_stems(slides: list[Path]) -> None:
     """Each slide gets the output folder OUT/<stem>: two slides of one stem would share it.
 
@@ -201,10 +218,11 @@ def check_unique_stems(slides: list[Path]) -> None:
         raise ConfigError("no slides given; pass one or more slide files")
     seen: dict[str, Path] = {}
     for path in slides:
-        if path.stem in seen and Path(os.path.abspath(seen[path.stem])) == Path(os.path.abspath(path)):
+        stem = slide_stem(path)
+        if stem in seen and Path(os.path.abspath(seen[stem])) == Path(os.path.abspath(path)):
             raise ConfigError(f"slide {path} is listed twice; list each slide once")
-        if path.stem in seen:
+        if stem in seen:
             raise ConfigError(
-                f"{seen[path.stem]} and {path} share the name {path.stem!r}; give them separate --out folders"
+                f"{seen[stem]} and {path} share the name {stem!r}; give them separate --out folders"
             )
-        seen[path.stem] = path
+        seen[stem] = path

@@ -34,9 +34,25 @@ from .region_options import region_options
     type=click.Path(dir_okay=False, path_type=Path),
     help="HeatmapConfig YAML (e.g. configs/heatmap.yaml); options below override it.",
 )
-@click.option("--mpp", "mpp_um", type=float, help="Tile resolution in µm/px (default 0.5).")
+@click.option(
+    "--mpp",
+    "mpp_um",
+    type=float,
+    help="Tile resolution in µm/px (default: the model's training resolution; another needs "
+    "--allow-mpp-mismatch).",
+)
 @click.option("--level", type=int, help="Tile at this pyramid level instead of a target mpp.")
 @click.option("--assume-mpp", "assume_mpp_um", type=float, help="µm/px of slides whose file does not say.")
+@click.option(
+    "--slide-mpp", "slide_mpp_um", type=float, help="The slides' level-0 µm/px, overriding their metadata."
+)
+@click.option(
+    "--allow-mpp-mismatch", is_flag=True, help="Score at an --mpp/--level other than the model's (warned)."
+)
+@click.option("--allow-upsample", is_flag=True, help="Allow tiles finer than the slide's level 0.")
+@click.option(
+    "--allow-non-brightfield", is_flag=True, help="Score slides that do not look like brightfield (warned)."
+)
 @click.option(
     "--stride", "stride_px", type=int, help="Tile stride in px (default: the tile size; less overlaps)."
 )
@@ -109,6 +125,10 @@ def heatmap_command(
     mpp_um: float | None,
     level: int | None,
     assume_mpp_um: float | None,
+    slide_mpp_um: float | None,
+    allow_mpp_mismatch: bool,
+    allow_upsample: bool,
+    allow_non_brightfield: bool,
     stride_px: int | None,
     min_tissue: float | None,
     batch_size: int | None,
@@ -140,9 +160,8 @@ def heatmap_command(
     SLIDES are slide files, glob patterns or CSV lists (a `slide` or `path` column). Many slides
     run as a cohort on dask and get OUT/cohort.csv; a rerun skips finished slides.
     """
-    from ..cohort import expand_slides, heatmap_cohort
     from ..config import HeatmapConfig, load_config, replace
-    from ..heatmaps.heatmap import heatmap_slides
+    from .fail_fast import check_slides_open
 
     cfg = load_config(config_path, HeatmapConfig) if config_path is not None else HeatmapConfig()
     if level is not None and mpp_um is None:  # a level on the command line replaces the preset's mpp
@@ -154,6 +173,10 @@ def heatmap_command(
         mpp_um=mpp_um,
         level=level,
         assume_mpp_um=assume_mpp_um,
+        slide_mpp_um=slide_mpp_um,
+        allow_mpp_mismatch=allow_mpp_mismatch or None,
+        allow_upsample=allow_upsample or None,
+        allow_non_brightfield=allow_non_brightfield or None,
         stride_px=stride_px,
         min_tissue=min_tissue,
         batch_size=batch_size,
@@ -175,6 +198,14 @@ def heatmap_command(
         artefacts=artefacts,
         tiles_gzip=False if plain_geojson else None,
     )
+    if len(slides) == 1 and scheduler is None:  # a cohort records a bad slide and goes on instead
+        check_slides_open(
+            slides, cfg.backend, assume_mpp_um=cfg.assume_mpp_um, slide_mpp_um=cfg.slide_mpp_um
+        )  # before the heavy imports: a bad file fails in a second
+
+    from ..cohort import expand_slides, heatmap_cohort
+    from ..heatmaps.heatmap import heatmap_slides
+
     paths = expand_slides(slides)
     if scheduler is not None or len(paths) > 1:
         rows = heatmap_cohort(

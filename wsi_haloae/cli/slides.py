@@ -122,20 +122,34 @@ def _make_cohort(
     "--backend", type=click.Choice(["openslide", "tiffslide"]), default="openslide", show_default=True
 )
 def info(slide_path: Path, backend: str) -> None:
-    """Print a slide's size, pyramid levels, µm/px, objective power and vendor."""
-    from ..slides.slide import open_slide
+    """Print a slide's size, pyramid levels, µm/px, objective power, vendor, channels, and
+    whether it looks like a brightfield slide."""
+    from ..slides.inputs import assess_slide
+    from ..slides.slide import MPP_PLAUSIBLE_UM, open_slide, plausible_mpp
+    from ..slides.tissue import detect_tissue
 
     with open_slide(slide_path, backend=backend) as slide:  # type: ignore[arg-type]
         width, height = slide.dimensions
-        mpp = (
-            "none in the file" if slide.mpp_um is None else f"{slide.mpp_um[0]:g} x {slide.mpp_um[1]:g} µm/px"
-        )
+        if slide.mpp_um is None:
+            mpp = "none in the file (pass --assume-mpp or --slide-mpp)"
+        else:
+            mpp = f"{slide.mpp_um[0]:g} x {slide.mpp_um[1]:g} µm/px ({slide.mpp_source})"
+            if not all(plausible_mpp(v) for v in slide.mpp_um):
+                low, high = MPP_PLAUSIBLE_UM
+                mpp += f", implausible: outside {low:g}-{high:g} µm/px; override with --slide-mpp"
         power = "unknown" if slide.objective_power is None else f"{slide.objective_power:g}x"
+        channels = "unknown" if slide.channels is None else str(slide.channels)
+        colour = slide.photometric or "unknown"
+        if slide.ycbcr_frames:
+            colour += " (its JPEG frames are YCbCr: converted to RGB on reading)"
         click.echo(f"slide: {slide.path}")
+        click.echo(f"name: {slide.name}")
         click.echo(f"vendor: {slide.vendor or 'unknown'} (read with {slide.backend})")
         click.echo(f"dimensions: {width} x {height} px")
         click.echo(f"mpp: {mpp}")
         click.echo(f"objective power: {power}")
+        click.echo(f"channels: {channels}, photometric: {colour}")
+        click.echo(f"input: {assess_slide(slide, detect_tissue(slide, max_size_px=1024)).describe()}")
         click.echo(f"levels: {slide.level_count}")
         for level, ((w, h), downsample) in enumerate(
             zip(slide.level_dimensions, slide.level_downsamples, strict=True)

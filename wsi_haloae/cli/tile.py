@@ -22,6 +22,13 @@ from .region_options import region_options
     "--assume-mpp", "assume_mpp_um", type=float, help="µm/px to use for slides whose metadata has none."
 )
 @click.option(
+    "--slide-mpp", "slide_mpp_um", type=float, help="The slides' level-0 µm/px, overriding their metadata."
+)
+@click.option("--allow-upsample", is_flag=True, help="Allow an --mpp finer than the slide's level 0.")
+@click.option(
+    "--allow-non-brightfield", is_flag=True, help="Tile slides that do not look like brightfield (warned)."
+)
+@click.option(
     "--tile-size", "tile_size_px", type=int, default=256, show_default=True, help="Tile side in px."
 )
 @click.option("--stride", "stride_px", type=int, help="Step between tiles in px [default: the tile size].")
@@ -66,6 +73,9 @@ def tile_command(
     mpp_um: float | None,
     level: int | None,
     assume_mpp_um: float | None,
+    slide_mpp_um: float | None,
+    allow_upsample: bool,
+    allow_non_brightfield: bool,
     tile_size_px: int,
     stride_px: int | None,
     min_tissue: float,
@@ -91,9 +101,16 @@ def tile_command(
     the same command resumes: finished slides are skipped, written tiles kept. Many slides run as
     a cohort on dask: a failing slide is recorded in OUT/cohort.csv and the others go on.
     """
-    from ..cohort import expand_slides, tile_cohort
     from ..config import replace
     from ..errors import ConfigError
+    from .fail_fast import check_slides_open
+
+    if len(slides) == 1 and scheduler is None:  # a cohort records a bad slide and goes on instead
+        check_slides_open(
+            slides, backend, assume_mpp_um=assume_mpp_um, slide_mpp_um=slide_mpp_um, need_mpp=level is None
+        )  # before the heavy imports: a bad file fails in a second
+
+    from ..cohort import expand_slides, tile_cohort
     from ..slides.tiles import TileConfig, write_tiles
 
     if mpp_um is not None and level is not None:
@@ -103,6 +120,9 @@ def tile_command(
         mpp_um=mpp_um,
         level=level,
         assume_mpp_um=assume_mpp_um,
+        slide_mpp_um=slide_mpp_um,
+        allow_upsample=allow_upsample,
+        allow_non_brightfield=allow_non_brightfield,
         tile_size_px=tile_size_px,
         stride_px=stride_px,
         min_tissue=min_tissue,

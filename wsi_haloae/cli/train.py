@@ -25,6 +25,11 @@ import click
     type=click.Path(dir_okay=False, path_type=Path),
     help="TrainConfig YAML (default: the paper's recipe; with --resume: the run's config.yaml).",
 )
+@click.option(
+    "--tile-mpp",
+    "tile_mpp",
+    help="µm/px of the tiles, or 'unknown': needed for a plain image folder (tile manifests say it).",
+)
 @click.option("--epochs", type=int, help="Override the number of epochs.")
 @click.option(
     "--backbone-weights", help="VGG19 weights: imagenet (default), random (tests only) or a .pth path."
@@ -42,6 +47,7 @@ def train_command(
     tiles: Path,
     out: Path,
     config_path: Path | None,
+    tile_mpp: str | None,
     epochs: int | None,
     backbone_weights: str | None,
     device: str | None,
@@ -52,7 +58,8 @@ def train_command(
 ) -> None:
     """Train HaloAE on normal tiles; writes RUN/model.safetensors, metrics and checkpoints."""
     from ..config import TrainConfig, load_config, replace
-    from ..errors import ConfigError
+    from ..errors import ConfigError, DataError
+    from ..training.resolution import has_manifests
     from ..training.train import train
 
     run_config = out / "config.yaml"
@@ -68,7 +75,14 @@ def train_command(
     cfg = replace(cfg, epochs=epochs, device=device, workers=workers, stain_normalisation=stain_normalisation)
     if backbone_weights is not None:
         cfg = dataclasses.replace(cfg, model=replace(cfg.model, backbone_weights=backbone_weights))
-    run = train(cfg, tiles, out, resume=resume, progress=progress)
+    if tile_mpp is None and Path(tiles).is_dir() and not has_manifests(tiles):
+        if not (Path(tiles) / "train" / "good").is_dir():
+            raise DataError(
+                f"{tiles} holds no tile manifests, so the µm/px of its images is unknown; pass --tile-mpp "
+                "with the µm/px they were cut at (e.g. --tile-mpp 0.5), or --tile-mpp unknown"
+            )
+
+    run = train(cfg, tiles, out, resume=resume, progress=progress, tile_mpp_um=tile_mpp)
     click.echo(f"trained model: {run / 'model.safetensors'}")
 
 

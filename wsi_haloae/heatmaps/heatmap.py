@@ -53,10 +53,12 @@ from ..files import (
     check_unique_stems,
     disk_full_is_an_output_error,
     output_lock,
+    slide_stem,
     write_atomically,
 )
 from ..model.device import resolve_device
 from ..slides.grid import TileGrid
+from ..slides.inputs import check_input
 from ..slides.qc import TileQC, qc_tiles
 from ..slides.regions import load_region_filter, select_in_regions, user_tissue
 from ..slides.slide import Slide, open_slide
@@ -71,6 +73,7 @@ from .jpeg_decode import select_reader
 from .overlay import save_overlay
 from .pyramid import HeatmapStore, read_level
 from .regions import anomaly_regions, region_features, tile_features
+from .resolution import check_grid_resolution, target_mpp
 from .stitch import Band, BandStitcher, HeatmapGeometry
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,7 @@ class _Plan:
     selection: TileSelection
     geometry: HeatmapGeometry
     mpp_um_xy: tuple[float, float]
+    resolution: dict[str, Any]  # the model's and the heatmap's µm/px (`resolution.check_grid_resolution`)
 
 
 def heatmap_slides(
@@ -161,7 +165,7 @@ def heatmap_slide(
     started = time.perf_counter()
     check_ranges(cfg, "heatmap settings")
     slide_path = Path(slide_path)
-    folder = Path(out_dir) / slide_path.stem
+    folder = Path(out_dir) / slide_stem(slide_path)
     if engine is None:
         engine = engine_for(trained, cfg)
     elif engine.scorer.normalisation != cfg.normalisation:
@@ -260,6 +264,7 @@ def heatmap_slide(
                     "compiled": engine.compiled,
                 },
                 "run": run_record,
+                "resolution": plan.resolution,
                 "fingerprint": fingerprint,
                 "outputs_key": outputs_key,
             }
@@ -305,22 +310,28 @@ def engine_for(trained: TrainedModel, cfg: HeatmapConfig) -> InferenceEngine:
 
 def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
     """Grid, tissue, selected tiles and heatmap geometry of a slide (reads only a thumbnail)."""
-    if slide.mpp_um is None and cfg.assume_mpp_um is None:
+    if slide.mpp_um is None and cfg.assume_mpp_um is None and cfg.slide_mpp_um is None:
         # tiling by --level needs no mpp, but the heatmap's µm scales and region areas do
         raise SlideError(
             f"slide {slide.path} has no mpp (microns per pixel) metadata, which the heatmap's scale and "
             "region areas need; pass --assume-mpp with its µm per pixel, e.g. --assume-mpp 0.25"
         )
-    mpp_um_xy = slide.require_mpp(cfg.assume_mpp_um)
+    mpp_um_xy = slide.require_mpp(cfg.assume_mpp_um, cfg.slide_mpp_um, quiet=True)
+    mpp_um, source = target_mpp(trained, cfg)
+    size_px = trained.config.model.image_size_px
     grid = TileGrid.for_slide(
         slide,
-        mpp_um=cfg.mpp_um,
+        mpp_um=mpp_um,
         level=cfg.level,
-        tile_size_px=trained.config.model.image_size_px,
+        tile_size_px=size_px,
         stride_px=cfg.stride_px,
         assume_mpp_um=cfg.assume_mpp_um,
+        slide_mpp_um=cfg.slide_mpp_um,
+        allow_upsample=cfg.allow_upsample,
+        too_small_fix=f"the model's tiles are {size_px} px: use a finer --mpp (with --allow-mpp-mismatch)",
     )
     log.info("%s: %s", slide.path, grid)
+    resolution = check_grid_resolution(grid, trained, cfg, source)
     try:
         tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
     except SlideError:
@@ -329,6 +340,7 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         raise SlideError(
             f"{slide.path}: cannot read a thumbnail ({type(exc).__name__}: {exc}); the file may be corrupt"
         ) from exc
+    check_input(slide, tissue, allow=cfg.allow_non_brightfield)
     if cfg.tissue_mask is None:
         selection = select_tiles(
             grid,
@@ -340,13 +352,13 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
         )
     else:
         tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
-    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, Path(slide.path).stem)
+    regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, slide_stem(slide.path))
     if regions is not None:
         selection = select_in_regions(
             grid, selection, regions, min_inside=cfg.min_inside, slide_name=str(slide.path)
         ).selection
     geometry = HeatmapGeometry.for_grid(grid, band_px=cfg.chunk_px)
-    return _Plan(grid, tissue, selection, geometry, (float(mpp_um_xy[0]), float(mpp_um_xy[1])))
+    return _Plan(grid, tissue, selection, geometry, (float(mpp_um_xy[0]), float(mpp_um_xy[1])), resolution)
 
 
 def _bytes_still_needed(plan: _Plan, store: HeatmapStore) -> int:

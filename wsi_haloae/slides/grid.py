@@ -29,6 +29,10 @@ DEFAULT_TILE_SIZE_PX = 256
 # Scanners report "20x" as 0.499 or 0.5028 µm/px: a target that close to a pyramid level is read
 # from that level as is, instead of resampling every tile by a fraction of a percent.
 MPP_RTOL = 0.02
+# Reading finer than level 0 enlarges every tile (blurred, invented detail): a target more than
+# this fraction finer than the slide is refused unless asked for (`allow_upsample`).
+UPSAMPLE_RTOL = 0.05
+TOO_SMALL_FIX = "use a smaller --tile-size or a finer --mpp"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class TileGrid:
         level: int | None = None,
         tile_size_px: int = DEFAULT_TILE_SIZE_PX,
         stride_px: int | None = None,
+        allow_upsample: bool = False,
+        too_small_fix: str = TOO_SMALL_FIX,
     ) -> TileGrid:
         """The grid for a slide described by its numbers alone.
 
@@ -68,8 +74,10 @@ class TileGrid:
         `level` (tiles at that level's own resolution); neither means `DEFAULT_MPP_UM`.
         `stride_px` (output px, default `tile_size_px`) below the tile size makes tiles overlap.
         For an mpp target the read level is the coarsest one at least as fine as the target
-        (within `MPP_RTOL`), so tiles are only ever downsampled.
-        Raises ConfigError for bad options and SlideError when not one tile fits the slide.
+        (within `MPP_RTOL`), so tiles are only ever downsampled; a target finer than level 0 by
+        more than `UPSAMPLE_RTOL` is a SlideError unless `allow_upsample` (then a logged warning).
+        Raises ConfigError for bad options and SlideError when not one tile fits the slide (its
+        message ends with `too_small_fix`).
         """
         if mpp_um is not None and level is not None:
             raise ConfigError(f"give either a target mpp ({mpp_um}) or a level ({level}), not both")
@@ -98,6 +106,14 @@ class TileGrid:
             read_level = _finest_level_not_coarser(level_downsamples, downsample)
             if abs(downsample / level_downsamples[read_level] - 1.0) <= MPP_RTOL:
                 downsample = float(level_downsamples[read_level])
+            elif downsample < 1.0 - UPSAMPLE_RTOL:
+                enlarge = f"{mpp_um:g} µm/px is {1 / downsample:.2f}x finer than the slide's level 0 "
+                enlarge += f"({slide_mpp_um:g} µm/px): every tile would be enlarged and blurred"
+                if not allow_upsample:
+                    raise SlideError(
+                        f"{enlarge}; use --mpp {slide_mpp_um:.4g} or coarser, or pass --allow-upsample"
+                    )
+                log.warning("%s (--allow-upsample)", enlarge)
 
         level_downsample = float(level_downsamples[read_level])
         tile_size_l0 = max(1, round(tile_size_px * downsample))
@@ -107,7 +123,7 @@ class TileGrid:
         if tile_size_l0 > min(width_l0, height_l0):
             raise SlideError(
                 f"the slide ({width_l0} x {height_l0} level-0 px) is smaller than one tile "
-                f"({tile_size_l0} level-0 px); use a smaller tile size or a finer mpp"
+                f"({tile_size_l0} level-0 px); {too_small_fix}"
             )
         out_mpp_um = None if slide_mpp_um is None else slide_mpp_um * downsample
         return cls(
@@ -131,22 +147,28 @@ class TileGrid:
         tile_size_px: int = DEFAULT_TILE_SIZE_PX,
         stride_px: int | None = None,
         assume_mpp_um: float | None = None,
+        slide_mpp_um: float | None = None,
+        allow_upsample: bool = False,
+        too_small_fix: str = TOO_SMALL_FIX,
     ) -> TileGrid:
         """The grid of an open slide (its dimensions, levels and mpp; no pixel is read).
 
-        `assume_mpp_um` stands in for the slide's mpp when its metadata has none. Options as in
-        `from_geometry`; errors name the slide.
+        The slide's µm/px follows `Slide.require_mpp`: `slide_mpp_um` overrides the file's,
+        `assume_mpp_um` stands in for a missing one, an implausible file value is an error.
+        Options as in `from_geometry`; errors name the slide.
         """
-        slide_mpp_um = _isotropic_mpp(slide, assume_mpp_um)
+        level0_mpp_um = _isotropic_mpp(slide, assume_mpp_um, slide_mpp_um)
         try:
             return cls.from_geometry(
                 slide.dimensions,
                 slide.level_downsamples,
-                slide_mpp_um,
+                level0_mpp_um,
                 mpp_um=mpp_um,
                 level=level,
                 tile_size_px=tile_size_px,
                 stride_px=stride_px,
+                allow_upsample=allow_upsample,
+                too_small_fix=too_small_fix,
             )
         except SlideError as exc:
             raise SlideError(f"{slide.path}: {exc}") from None
@@ -199,11 +221,11 @@ def _finest_level_not_coarser(level_downsamples: Sequence[float], downsample: fl
     return best
 
 
-def _isotropic_mpp(slide: Slide, assume_mpp_um: float | None) -> float | None:
-    """The slide's µm/px (x and y averaged), the assumed one, or None when neither is known."""
-    if slide.mpp_um is None and assume_mpp_um is None:
+def _isotropic_mpp(slide: Slide, assume_mpp_um: float | None, slide_mpp_um: float | None) -> float | None:
+    """The slide's µm/px (x and y averaged) by the resolution rules, or None when none is known."""
+    if slide.mpp_um is None and assume_mpp_um is None and slide_mpp_um is None:
         return None
-    mpp_x, mpp_y = slide.require_mpp(assume_mpp_um)
+    mpp_x, mpp_y = slide.require_mpp(assume_mpp_um, slide_mpp_um)
     if not math.isclose(mpp_x, mpp_y, rel_tol=MPP_RTOL):
         log.warning("%s has anisotropic pixels (%g x %g µm); tiles use their mean", slide.path, mpp_x, mpp_y)
     return (mpp_x + mpp_y) / 2.0

@@ -37,9 +37,11 @@ from ..files import (
     check_unique_stems,
     disk_full_is_an_output_error,
     ensure_writable_dir,
+    slide_stem,
     write_atomically,
 )
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
+from .inputs import check_input
 from .regions import DEFAULT_MIN_INSIDE, refine_selection, user_tissue
 from .slide import Slide, open_slide
 from .tissue import (
@@ -329,7 +331,9 @@ class TileConfig:
     """How the `tile` job cuts slides into training tiles.
 
     Resolution: `mpp_um` (µm/px of the tiles) or a pyramid `level`; neither means 0.5 µm/px.
-    `assume_mpp_um` stands in for a slide's missing mpp. `stride_px` (default: the tile size)
+    `slide_mpp_um` overrides a slide's own µm/px, `assume_mpp_um` stands in for a missing one;
+    reading finer than level 0 needs `allow_upsample`; `allow_non_brightfield` turns the input-kind
+    refusals (`inputs.check_input`) into warnings. `stride_px` (default: the tile size)
     below `tile_size_px` makes tiles overlap. Tiles with a tissue fraction below `min_tissue` are
     dropped; `max_tiles` (with `seed`) samples that many tiles uniformly across all slides.
     Regions (`slides.regions`): `include` / `exclude` region specs (`file.geojson:Class`,
@@ -343,6 +347,9 @@ class TileConfig:
     mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
     level: int | None = field(default=None, metadata={"range": "[0, inf)"})
     assume_mpp_um: float | None = field(default=None, metadata={"range": "(0, inf)"})
+    slide_mpp_um: float | None = field(default=None, metadata={"range": "[0.05, 20]"})
+    allow_upsample: bool = False
+    allow_non_brightfield: bool = False
     tile_size_px: int = field(default=DEFAULT_TILE_SIZE_PX, metadata={"range": "[1, inf)"})
     stride_px: int | None = field(default=None, metadata={"range": "[1, inf)"})
     min_tissue: float = field(default=DEFAULT_MIN_TISSUE, metadata={"range": "[0, 1]"})
@@ -538,9 +545,12 @@ def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
             tile_size_px=cfg.tile_size_px,
             stride_px=cfg.stride_px,
             assume_mpp_um=cfg.assume_mpp_um,
+            slide_mpp_um=cfg.slide_mpp_um,
+            allow_upsample=cfg.allow_upsample,
         )
         log.info("%s: %s", path, grid)
         tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
+        check_input(slide, tissue, allow=cfg.allow_non_brightfield)
         if cfg.tissue_mask is None:
             selection = select_tiles(
                 grid,
@@ -553,7 +563,7 @@ def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
         else:
             tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
         selection, columns = refine_selection(slide, grid, selection, cfg)
-    return SlidePlan(path.resolve(), out_dir / path.stem, grid, tissue, selection, columns)
+    return SlidePlan(path.resolve(), out_dir / slide_stem(path), grid, tissue, selection, columns)
 
 
 def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np.ndarray]:
@@ -568,7 +578,7 @@ def sample_tiles(counts: list[int], max_tiles: int | None, seed: int) -> list[np
 
 def _tile_name(plan: SlidePlan, x_l0: int, y_l0: int, cfg: TileConfig) -> str:
     extension = "png" if cfg.image_format == "png" else "jpg"
-    return f"{plan.slide.stem}_x{x_l0}_y{y_l0}.{extension}"
+    return f"{slide_stem(plan.slide)}_x{x_l0}_y{y_l0}.{extension}"
 
 
 def _manifest_text(plan: SlidePlan, picked: np.ndarray, cfg: TileConfig) -> str:

@@ -13,7 +13,9 @@ A training run folder holds two kinds:
   counted, see `train.calibrate`; absent from files written before them); and, when the run
   normalised stains, `stain.<buffer>` (the fitted `model.stain.StainNormaliser`; its method is
   the config's `stain_normalisation`);
-  metadata `format`, `version` and `config` (the TrainConfig as JSON). Inference needs nothing else.
+  metadata `format`, `version` and `config` (the TrainConfig as JSON), and `training_resolution`
+  (JSON of `resolution.TrainingResolution`: tile µm/px, tile and input size; absent in files
+  written before it was recorded, which load with `resolution` None). Inference needs nothing else.
 
 Both are written to a temporary file in the destination folder, flushed to disk, then moved over
 the final name with `os.replace`, so a crash leaves either the old file or the new one, never half.
@@ -45,6 +47,7 @@ from ..model.anomaly import NORMALISATIONS, Normalisation
 from ..model.backbone import VGGFeatures
 from ..model.haloae import HaloAE
 from ..model.stain import StainNormaliser
+from .resolution import TrainingResolution
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +107,13 @@ def save_trained(
     train_scores: Mapping[str, Tensor],
     *,
     stain: StainNormaliser | None = None,
+    resolution: TrainingResolution | None = None,
 ) -> None:
     """Write the trained model atomically as safetensors: weights and, per normalisation (mean,
     median, and optionally tissue_mean, tissue_median), the reference map (S, S) as `<name>_map`
     and the training tiles' scores (N,) as `train_scores.<name>`; the stain normaliser's buffers
-    as `stain.<name>` (its method must be `config.stain_normalisation`)."""
+    as `stain.<name>` (its method must be `config.stain_normalisation`); `resolution` (how the
+    training tiles were sampled) goes in the metadata."""
     size_px = config.model.image_size_px
     names = sorted(reference_maps)
     if names not in (sorted(NORMALISATIONS), sorted(_ALL_REFERENCES)) or sorted(train_scores) != names:
@@ -133,6 +138,8 @@ def save_trained(
         for key, value in stain.state_dict().items():
             tensors[f"stain.{key}"] = value.detach().float().cpu().contiguous()
     metadata = {"format": MODEL_FORMAT, "version": __version__, "config": json.dumps(to_dict(config))}
+    if resolution is not None:
+        metadata["training_resolution"] = json.dumps(resolution.to_dict())
     blob = safetensors_bytes(tensors, metadata=metadata)
     write_atomically(path, blob, durable=True)
 
@@ -145,7 +152,8 @@ class TrainedModel:
     training tiles, the references raw maps are made relative to
     (`anomaly_map(error, S, reference_map(normalisation))`); `train_scores[normalisation]` (N,) are
     the training tiles' image scores relative to that reference, the distribution thresholds
-    come from.
+    come from. `resolution` is how the training tiles were sampled (None: a model file written
+    before wsi-haloae recorded it).
     """
 
     model: HaloAE
@@ -157,6 +165,7 @@ class TrainedModel:
     # tissue-aware reference maps {"mean": (S, S), "median": (S, S)} (None: a model from before them)
     tissue_maps: dict[str, Tensor] | None = None
     stain: StainNormaliser | None = None
+    resolution: TrainingResolution | None = None
 
     def reference_map(self, normalisation: Normalisation, tissue_aware: bool = False) -> Tensor:
         """The training map anomaly maps are made relative to: the mean (the paper's) or the
@@ -285,6 +294,7 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{file}: weights do not match the config stored with them ({mismatch}); {fix}")
     model.load_state_dict(weights)
     model.to(device).eval()
+    resolution = _stored_resolution(file, metadata)
     log.info(
         "loaded %s: %d px tiles, %d training scores, written by wsi-haloae %s",
         file,
@@ -303,6 +313,7 @@ def load_trained(run_or_file: str | Path, device: str | torch.device = "cpu") ->
         if "tissue_mean" not in maps
         else {name: maps[f"tissue_{name}"].to(device) for name in NORMALISATIONS},
         stain=None if stain is None else stain.to(device),
+        resolution=resolution,
     )
 
 
@@ -328,6 +339,17 @@ def _stored_stain(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{file}: its {method} stain normalisation cannot be read ({exc}); {fix}"
+        ) from None
+
+
+def _stored_resolution(file: Path, metadata: Mapping[str, str]) -> TrainingResolution | None:
+    if "training_resolution" not in metadata:
+        return None  # an older model file: `heatmap` says what to do about it
+    try:
+        return TrainingResolution.from_dict(json.loads(metadata["training_resolution"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{file} has an unreadable training_resolution in its metadata; re-train, or copy the file again"
         ) from None
 
 

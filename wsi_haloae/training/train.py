@@ -62,6 +62,7 @@ from ..slides.tissue import tile_tissue
 from .checkpoint import MODEL_FILE, load_train_state, save_train_state, save_trained
 from .data import EpochSampler, TileDataset, TripletDataset, find_tiles, read_tile
 from .losses import KendallWeighting, equal_weights, ews_weights, reconstruction_loss
+from .resolution import training_resolution
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,21 @@ _RESUME_MAY_CHANGE = (
 
 
 def train(
-    cfg: TrainConfig, tiles: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    tiles: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tile_mpp_um: float | str | None = None,
 ) -> Path:
     """Train HaloAE on `tiles` (see `data.find_tiles`) into the run folder `out`; returns `out`.
 
     `resume=True` continues from `out/checkpoints/last.pt` when it exists (and starts afresh
     otherwise); without it, a folder that already holds a run is refused with an OutputError.
-    `progress` shows a tqdm bar with the loss terms and α weights.
+    `progress` shows a tqdm bar with the loss terms and α weights. The model records its training
+    resolution (`resolution.training_resolution`: from the tile manifests, else `tile_mpp_um`, a
+    µm/px or "unknown"); mixed resolutions are refused.
     """
     out = Path(out)
     checkpoint_path = out / CHECKPOINT
@@ -101,11 +110,13 @@ def train(
     check_ranges(cfg, "train config")
     device = resolve_device(cfg.device)
     paths = find_tiles(tiles)
+    resolution = training_resolution(tiles, paths, cfg.model.image_size_px, tile_mpp_um)
     ensure_writable_dir(out)
 
     # the lock first: a second run into this folder is refused before it writes anything
     with output_lock(out), disk_full_is_an_output_error(out), _log_to(out / "train.log"):
         _refuse_existing_run(out, resume)  # again, now that no other run can be writing
+        log.info("training resolution of the model input: %s", resolution)
         # ---- data: Cut&Paste triplets keyed by (epoch, index), batches of B triplets
         tile_set = TileDataset(paths, cfg.model.image_size_px)
         triplets = TripletDataset(
@@ -286,7 +297,9 @@ def train(
             channels_last=channels_last,
             progress=progress,
         )
-        save_trained(out / MODEL_FILE, model, cfg, reference_maps, train_scores, stain=stain)
+        save_trained(
+            out / MODEL_FILE, model, cfg, reference_maps, train_scores, stain=stain, resolution=resolution
+        )
         scores = train_scores["median"].double()
         log.info(
             "model written to %s; training scores (median map): median %.4g, p%g %.4g",
