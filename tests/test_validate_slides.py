@@ -37,7 +37,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """2 normal + 2 abnormal 1024 px slides, the tiny model trained on tiles of normal-1, and the
     four heatmaps."""
     root = tmp_path_factory.mktemp("validate")
-    written = write_cohort(root / "cohort", normal=2, abnormal=2, size_px=(1024, 1024), seed=3)
+    written = write_cohort(
+        root / "cohort", normal=2, abnormal=2, size_px=(1024, 1024), seed=3, stain_shift=0.0
+    )
     slides = [c.slide.path for c in written]
     write_tiles([slides[0]], root / "tiles", TileConfig(mpp_um=1.0, tile_size_px=64, max_tiles=16))
     cfg = dataclasses.replace(
@@ -55,7 +57,7 @@ def test_cohort_truth_formats_agree(cohort: dict[str, Path]) -> None:
     abnormal = [s for s in manifest["slides"] if s["label"] == 1]
     assert [len(s["anomalies"]) for s in abnormal] == [1, 2]
     assert [s["size"] for s in abnormal] == ["small", "medium"]
-    assert "stain-shifted" in manifest["not_written"][0]
+    assert [s["stain_shift"] for s in manifest["slides"]] == [0.0] * 4
     for entry in abnormal:
         geojson = read_region(entry["truth"]["geojson"], slide_size_l0=(1024, 1024)).geometry
         xml = read_region(entry["truth"]["xml"], slide_size_l0=(1024, 1024)).geometry
@@ -208,3 +210,15 @@ def test_validate_cli_and_its_errors(cohort: dict[str, Path]) -> None:
     with pytest.raises(DataError, match="matches no slide"):
         validate_slides([cohort["heat"]], [cohort["cohort"] / "truth" / "xml" / "abnormal-1x.xml"], out)
     assert parse_threshold_choice("fpr:0.05") == ("fpr", 0.05)
+
+
+def test_cohort_has_a_stain_shifted_normal_slide(tmp_path: Path) -> None:
+    written = write_cohort(tmp_path, normal=1, abnormal=0, size_px=(1024, 1024), seed=3)
+    assert [c.slide.path.name for c in written] == ["normal-1.tiff", "normal-stain-shifted.tiff"]
+    shifted = written[1].slide
+    assert shifted.stain_shift == 0.5 and written[1].label == 0
+    assert shifted.tissue.equals(written[0].slide.tissue)  # the same tissue, restained
+    manifest = json.loads((tmp_path / "cohort.json").read_text())
+    assert [s["stain_shift"] for s in manifest["slides"]] == [0.0, 0.5]
+    with (tmp_path / "labels.csv").open() as handle:
+        assert handle.read().splitlines()[1:] == ["normal-1,0", "normal-stain-shifted,0"]

@@ -379,7 +379,7 @@ class InferenceEngine:
                         on_tissue = on_tissue.to(self.device, non_blocking=True)
                     if uploaded[slot] is not None:
                         uploaded[slot].record()
-                    results = self.score(images, on_tissue)
+                    results = self.score(images) if on_tissue is None else self.score(images, on_tissue)
                     for host, result in zip(host_out[slot], results):
                         host[: len(result)].copy_(result, non_blocking=cuda)
                     if downloaded[slot] is not None:

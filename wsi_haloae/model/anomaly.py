@@ -78,12 +78,12 @@ def anomaly_map(
             if reference.shape[-1] != maps.shape[-1]:
                 reference = F.avg_pool2d(reference[None, None], reference.shape[-1] // maps.shape[-1])[0, 0]
             maps = (maps - reference).abs()
-        maps = _blur(maps)
+        maps = _blur(maps)[:, None]
         return F.interpolate(maps, size=(size_px, size_px), mode="bilinear", align_corners=False)[:, 0]
     maps = F.interpolate(error[:, None], size=(size_px, size_px), mode="bilinear", align_corners=False)
     if mean_map is not None:
         maps = (maps - mean_map.to(device=maps.device, dtype=maps.dtype)).abs()
-    return _blur(maps)[:, 0]
+    return _blur(maps)
 
 
 def reference_at_features(error_reference: Tensor, size_px: int) -> Tensor:

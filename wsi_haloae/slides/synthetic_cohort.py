@@ -4,6 +4,7 @@ in every truth format `wsi-haloae validate` reads.
 `write_cohort(out, normal=2, abnormal=3, size_px=(w, h))` writes
 
     out/slides/normal-1.tiff ...            slides without anomalies
+    out/slides/normal-stain-shifted.tiff    normal-1 restained with other H&E vectors (`stain_shift`)
     out/slides/abnormal-1.tiff ...          1, 2, 3, 1, ... anomalies (kinds cycle foreign, stain,
                                             fold), radii cycling small / medium / large
     out/truth/geojson/<slide>_anomalies.geojson   QuPath annotations (class "Anomaly")
@@ -15,8 +16,9 @@ in every truth format `wsi-haloae validate` reads.
 Normal slides get no truth file (they have no region; `labels.csv` says they are normal). The
 GeoJSON and XML hold the exact anomaly polygons; the mask is exact at its pixel centres.
 
-A stain-shifted normal slide is not written: the synthetic slides have no stain-shift option in
-this branch (it belongs to another change); `cohort.json` says so under "not_written".
+The stain-shifted slide is normal-1's tissue as another lab would stain it (`stain_shift` of
+`write_synthetic_slide`; 0 leaves it out): a model must not flag it, which a stain change alone
+makes it do unless it normalises stains (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -40,10 +42,7 @@ SIZES_UM: dict[str, tuple[float, float]] = {
     "large": (200.0, 320.0),
 }
 MASK_DOWNSAMPLE = 16
-STAIN_SHIFT_NOTE = (
-    "stain-shifted normal slide: the synthetic slides have no stain-shift option in this branch; "
-    "add one (write_synthetic_slide) to include it"
-)
+COHORT_STAIN_SHIFT = 0.5  # half way to Macenko's reference H&E vectors: a clearly other lab
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,7 @@ def write_cohort(
     mpp_um: float = 0.5,
     seed: int = 0,
     tissue: str = "blobs",
+    stain_shift: float = COHORT_STAIN_SHIFT,
     progress: bool = False,
 ) -> list[CohortSlide]:
     """Write the cohort of the module docstring to `out` (slides already there are rewritten)."""
@@ -84,6 +84,18 @@ def write_cohort(
             seed=seed + 100 + i,
             tissue=tissue,  # type: ignore[arg-type]
             progress=progress,
+        )
+        written.append(CohortSlide(slide, 0, None, None, None, None))
+    if stain_shift > 0 and normal > 0:
+        slide = write_synthetic_slide(
+            out / "slides" / "normal-stain-shifted.tiff",
+            *size_px,
+            mpp_um=mpp_um,
+            anomalies=0,
+            seed=seed + 100,  # normal-1's tissue
+            tissue=tissue,  # type: ignore[arg-type]
+            progress=progress,
+            stain_shift=stain_shift,
         )
         written.append(CohortSlide(slide, 0, None, None, None, None))
     for i in range(abnormal):
@@ -115,6 +127,7 @@ def write_cohort(
             {
                 "slide": str(c.slide.path),
                 "label": c.label,
+                "stain_shift": c.slide.stain_shift,
                 "size": c.size_name,
                 "radius_um": None if c.size_name is None else list(SIZES_UM[c.size_name]),
                 "anomalies": [
@@ -129,7 +142,6 @@ def write_cohort(
             }
             for c in written
         ],
-        "not_written": [STAIN_SHIFT_NOTE],
     }
     write_atomically(out / "cohort.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return written
