@@ -38,7 +38,15 @@ from wsi_haloae.training.train import CHECKPOINT, train
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 # 2 µm/px tiles of 64 px on the 2048 x 1536 slide: an 8 x 6 grid, a 96 x 128 heatmap in bands of 8 rows
-CFG = HeatmapConfig(mpp_um=2.0, workers=0, batch_size=4, chunk_px=8, min_region_um2=500.0, device="cpu")
+CFG = HeatmapConfig(
+    mpp_um=2.0,  # coarser than the model (1 µm/px): a small heatmap, asked for explicitly
+    allow_mpp_mismatch=True,
+    workers=0,
+    batch_size=4,
+    chunk_px=8,
+    min_region_um2=500.0,
+    device="cpu",
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 _original_open_temp = files._open_temp
@@ -280,6 +288,7 @@ def test_a_real_3_mb_tmpfs(small_slide: SyntheticSlide, run_dir: Path, tmp_path:
                 str(mount / "maps"),
                 "--mpp",
                 "2",
+                "--allow-mpp-mismatch",
                 "--device",
                 "cpu",
                 "--no-progress",
