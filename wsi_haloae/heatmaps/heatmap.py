@@ -58,11 +58,10 @@ from ..files import (
 )
 from ..model.device import resolve_device
 from ..slides.grid import TileGrid
-from ..slides.inputs import check_input
 from ..slides.qc import TileQC, qc_tiles
-from ..slides.regions import load_region_filter, select_in_regions, user_tissue
+from ..slides.regions import load_region_filter, select_in_regions, tissue_tiles
 from ..slides.slide import Slide, open_slide
-from ..slides.tissue import TileSelection, TissueMask, detect_tissue, select_tiles
+from ..slides.tissue import TileSelection, TissueMask
 from ..training.checkpoint import TrainedModel, load_trained
 from .artefacts import artefact_heat_mask, artefact_summary, label_artefact_tiles
 from .calibration import CALIBRATION_NAME, normalise_scores, read_calibration
@@ -332,26 +331,14 @@ def _plan(slide: Slide, trained: TrainedModel, cfg: HeatmapConfig) -> _Plan:
     )
     log.info("%s: %s", slide.path, grid)
     resolution = check_grid_resolution(grid, trained, cfg, source)
-    try:
-        tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
-    except SlideError:
-        raise
-    except Exception as exc:
-        raise SlideError(
-            f"{slide.path}: cannot read a thumbnail ({type(exc).__name__}: {exc}); the file may be corrupt"
-        ) from exc
-    check_input(slide, tissue, allow=cfg.allow_non_brightfield)
-    if cfg.tissue_mask is None:
-        selection = select_tiles(
-            grid,
-            tissue.mask,
-            tissue.downsample,
-            min_tissue=cfg.min_tissue,
-            slide_name=str(slide.path),
-            colourless=tissue.colourless,
-        )
-    else:
-        tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+    tissue, selection = tissue_tiles(
+        slide,
+        grid,
+        thumbnail_px=cfg.thumbnail_px,
+        min_tissue=cfg.min_tissue,
+        tissue_mask=cfg.tissue_mask,
+        allow_non_brightfield=cfg.allow_non_brightfield,
+    )
     regions = load_region_filter(cfg.include, cfg.exclude, slide.dimensions, slide_stem(slide.path))
     if regions is not None:
         selection = select_in_regions(

@@ -26,10 +26,11 @@ import numpy as np
 import shapely
 
 from ..annotations.read import Region, fraction_inside, read_region, tile_boxes, union
-from ..errors import ConfigError, NoTissueError
+from ..errors import ConfigError, NoTissueError, SlideError
 from .grid import TileGrid
+from .inputs import check_input
 from .qc import qc_tiles
-from .tissue import TileSelection, TissueMask
+from .tissue import TileSelection, TissueMask, detect_tissue, select_tiles
 
 if TYPE_CHECKING:
     from .slide import Slide
@@ -175,6 +176,41 @@ def cap_per_slide(count: int, max_tiles: int | None, seed: int, slide_name: str)
         raise ConfigError(f"max tiles per slide {max_tiles} must be at least 1")
     rng = np.random.default_rng([seed, zlib.crc32(slide_name.encode())])
     return np.sort(rng.choice(count, size=max_tiles, replace=False)).astype(np.int64)
+
+
+def tissue_tiles(
+    slide: Slide,
+    grid: TileGrid,
+    *,
+    thumbnail_px: int,
+    min_tissue: float,
+    tissue_mask: str | None = None,
+    allow_non_brightfield: bool = False,
+) -> tuple[TissueMask, TileSelection]:
+    """The slide's tissue mask (from a `thumbnail_px` thumbnail, or the user's `tissue_mask`
+    region) and the grid tiles with at least `min_tissue` of their footprint on tissue: the one
+    tissue rule of `tile` and `heatmap`. The input-kind checks (`inputs.check_input`) run on the
+    detected mask first. Raises SlideError for an unreadable thumbnail, NoTissueError for none."""
+    try:
+        detected = detect_tissue(slide, max_size_px=thumbnail_px)
+    except (SlideError, ConfigError):
+        raise
+    except Exception as exc:
+        raise SlideError(
+            f"{slide.path}: cannot read a thumbnail ({type(exc).__name__}: {exc}); the file may be corrupt"
+        ) from exc
+    check_input(slide, detected, allow=allow_non_brightfield)
+    if tissue_mask is not None:
+        return user_tissue(slide, grid, detected, tissue_mask, min_tissue)
+    selection = select_tiles(
+        grid,
+        detected.mask,
+        detected.downsample,
+        min_tissue=min_tissue,
+        slide_name=str(slide.path),
+        colourless=detected.colourless,
+    )
+    return detected, selection
 
 
 def user_tissue(

@@ -41,16 +41,13 @@ from ..files import (
     write_atomically,
 )
 from .grid import DEFAULT_TILE_SIZE_PX, TileGrid
-from .inputs import check_input
-from .regions import DEFAULT_MIN_INSIDE, refine_selection, user_tissue
+from .regions import DEFAULT_MIN_INSIDE, refine_selection, tissue_tiles
 from .slide import Slide, open_slide
 from .tissue import (
     DEFAULT_MIN_TISSUE,
     DEFAULT_THUMBNAIL_PX,
     TileSelection,
     TissueMask,
-    detect_tissue,
-    select_tiles,
 )
 
 if TYPE_CHECKING:
@@ -549,19 +546,14 @@ def plan_slide(path: Path, out_dir: Path, cfg: TileConfig) -> SlidePlan:
             allow_upsample=cfg.allow_upsample,
         )
         log.info("%s: %s", path, grid)
-        tissue = detect_tissue(slide, max_size_px=cfg.thumbnail_px)
-        check_input(slide, tissue, allow=cfg.allow_non_brightfield)
-        if cfg.tissue_mask is None:
-            selection = select_tiles(
-                grid,
-                tissue.mask,
-                tissue.downsample,
-                min_tissue=cfg.min_tissue,
-                slide_name=str(path),
-                colourless=tissue.colourless,
-            )
-        else:
-            tissue, selection = user_tissue(slide, grid, tissue, cfg.tissue_mask, cfg.min_tissue)
+        tissue, selection = tissue_tiles(
+            slide,
+            grid,
+            thumbnail_px=cfg.thumbnail_px,
+            min_tissue=cfg.min_tissue,
+            tissue_mask=cfg.tissue_mask,
+            allow_non_brightfield=cfg.allow_non_brightfield,
+        )
         selection, columns = refine_selection(slide, grid, selection, cfg)
     return SlidePlan(path.resolve(), out_dir / slide_stem(path), grid, tissue, selection, columns)
 
